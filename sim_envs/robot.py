@@ -1,0 +1,176 @@
+"""The arm: a WidowX-250-6DoF-class arm with a parallel-jaw gripper, controlled in end-effector space.
+
+The gripper always points straight down (as in COG's scenes), so the commanded pose has four degrees of freedom:
+tool-centre-point (TCP) position and yaw. For that family of poses the six joint angles have a closed form (waist
+towards the target, a planar two-link solution for shoulder and elbow, the wrist pitched to keep the gripper
+vertical, forearm roll zero, wrist rotate for yaw), which is exact and costs microseconds, unlike pybullet's
+iterative IK.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from pybullet_utils.bullet_client import BulletClient
+
+ASSET_DIR = Path(__file__).parent / "assets"
+
+ARM_JOINTS = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+FINGER_JOINTS = ("left_finger", "right_finger")
+
+# Kinematic constants of arm_wx250s_simple.urdf (metres).
+SHOULDER_HEIGHT = 0.072 + 0.039
+UPPER_ARM = (0.05, 0.25)  # shoulder -> elbow at zero angles, (forward, up)
+FOREARM = 0.175 + 0.075  # elbow -> wrist_angle axis
+TOOL = 0.065 + 0.085  # wrist_angle axis -> TCP along the gripper
+FINGER_TRAVEL = 0.036  # each finger's stroke; the opening between the fingers is twice the joint position
+
+_L1 = math.hypot(*UPPER_ARM)
+_ALPHA = math.atan2(UPPER_ARM[1], UPPER_ARM[0])
+
+
+def topdown_ik(pos: NDArray[np.float64], yaw: float) -> NDArray[np.float64]:
+    """Joint angles (6,) that put the TCP at `pos` (base frame) with the gripper vertical and rotated by `yaw`.
+
+    Yaw 0 means the fingers close along the world y axis. Targets out of reach are pulled onto the reachable
+    sphere; callers keep targets inside the workspace box, which lies well within reach.
+    """
+    x, y, z = float(pos[0]), float(pos[1]), float(pos[2])
+    waist = math.atan2(y, x)
+    # Wrist-angle axis sits straight above the TCP; solve the shoulder-elbow-wrist triangle in the arm's plane.
+    dx = math.hypot(x, y)
+    dz = z + TOOL - SHOULDER_HEIGHT
+    dist = min(math.hypot(dx, dz), _L1 + FOREARM - 1e-6)
+    cos_q = (dist * dist - _L1 * _L1 - FOREARM * FOREARM) / (2.0 * _L1 * FOREARM)
+    q = -math.acos(max(-1.0, min(1.0, cos_q)))  # elbow up: forearm bends down relative to the upper arm
+    upper = math.atan2(dz, dx) - math.atan2(FOREARM * math.sin(q), _L1 + FOREARM * math.cos(q))
+    forearm = upper + q  # absolute angles in the arm's plane, from horizontal, positive up
+    # A positive rotation about +y tilts the link downwards, hence the signs.
+    shoulder = _ALPHA - upper
+    elbow = -forearm - shoulder
+    wrist_angle = math.pi / 2 - shoulder - elbow
+    wrist_rotate = waist - yaw
+    return np.array([waist, shoulder, elbow, 0.0, wrist_angle, wrist_rotate])
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """Motor and workspace settings of the arm."""
+
+    workspace_low: tuple[float, float, float] = (0.13, -0.2, 0.015)
+    """Lower corner of the box the TCP is kept in (metres, base frame)."""
+    workspace_high: tuple[float, float, float] = (0.4, 0.2, 0.2)
+    """Upper corner of that box (all of the box is within reach with the gripper vertical)."""
+    yaw_limit: float = math.pi / 2
+    """|yaw| bound in radians; the gripper is symmetric, so half a turn covers every grasp."""
+    max_target_lag: float = 0.03
+    """How far (m) the commanded TCP may run ahead of the real one, so a blocked arm does not wind up."""
+    joint_force: float = 60.0
+    """Maximum motor torque of the arm joints (N m)."""
+    finger_force: float = 25.0
+    """Maximum force of each finger motor (N)."""
+    position_gain: float = 0.3
+    """pybullet POSITION_CONTROL position gain of the arm joints."""
+
+
+class Arm:
+    """The arm in one physics client: loads once, resets joint states, applies end-effector commands."""
+
+    def __init__(self, client: BulletClient, config: ArmConfig) -> None:
+        self.client = client
+        self.config = config
+        self.body = client.loadURDF(str(ASSET_DIR / "arm_wx250s_simple.urdf"), useFixedBase=True)
+        index = {client.getJointInfo(self.body, j)[1].decode(): j for j in range(client.getNumJoints(self.body))}
+        self.arm_joints = [index[name] for name in ARM_JOINTS]
+        self.finger_joints = [index[name] for name in FINGER_JOINTS]
+        self.tcp_link = index["tcp_joint"]
+        self.low = np.array(config.workspace_low)
+        self.high = np.array(config.workspace_high)
+        self.target_pos = np.zeros(3)
+        self.target_yaw = 0.0
+        self._start_pos = self.target_pos
+        self._start_yaw = 0.0
+        self.gripper_closed = False
+        for link in self.finger_joints:
+            client.changeDynamics(self.body, link, lateralFriction=1.5, spinningFriction=0.002)
+
+    def reset(self, pos: NDArray[np.float64], yaw: float, gripper_closed: bool, finger_gap: float | None = None) -> None:
+        """Teleport the arm to a TCP pose (no dynamics) and hold it there."""
+        self.target_pos = np.clip(np.asarray(pos, dtype=np.float64), self.low, self.high)
+        self.target_yaw = float(np.clip(yaw, -self.config.yaw_limit, self.config.yaw_limit))
+        self.gripper_closed = gripper_closed
+        self._start_pos, self._start_yaw = self.target_pos, self.target_yaw
+        q = topdown_ik(self.target_pos, self.target_yaw)
+        for joint, angle in zip(self.arm_joints, q):
+            self.client.resetJointState(self.body, joint, float(angle), 0.0)
+        gap = finger_gap if finger_gap is not None else (0.0 if gripper_closed else 2 * FINGER_TRAVEL)
+        for joint in self.finger_joints:
+            self.client.resetJointState(self.body, joint, gap / 2, 0.0)
+        self._drive(q)
+
+    def command(self, delta_pos: NDArray[np.float64], delta_yaw: float, gripper: float) -> None:
+        """Move the commanded TCP by `delta_pos` (m) and yaw by `delta_yaw` (rad); gripper >= 0.5 closes, <= -0.5 opens.
+
+        Between the thresholds the gripper keeps its state (hysteresis, as on the real robot's gripper bridge).
+        """
+        tcp = self.tcp_position()
+        target = np.clip(self.target_pos + delta_pos, self.low, self.high)
+        lag = self.config.max_target_lag
+        self._start_pos, self._start_yaw = self.target_pos, self.target_yaw
+        self.target_pos = np.clip(target, tcp - lag, tcp + lag)
+        self.target_yaw = float(np.clip(self.target_yaw + delta_yaw, -self.config.yaw_limit, self.config.yaw_limit))
+        if gripper >= 0.5:
+            self.gripper_closed = True
+        elif gripper <= -0.5:
+            self.gripper_closed = False
+
+    def track(self, fraction: float) -> None:
+        """Drive the motors to the point `fraction` of the way along the current command.
+
+        Called several times per control step, so the TCP moves at a steady velocity (as under MoveIt Servo on the
+        robot) rather than jumping to each new target and stopping: the jumps' peak accelerations made objects slide
+        in a drawer being pulled.
+        """
+        pos = self._start_pos + fraction * (self.target_pos - self._start_pos)
+        yaw = self._start_yaw + fraction * (self.target_yaw - self._start_yaw)
+        self._drive(topdown_ik(pos, yaw))
+
+    def _drive(self, q: NDArray[np.float64]) -> None:
+        c, cfg = self.client, self.config
+        c.setJointMotorControlArray(
+            self.body,
+            self.arm_joints,
+            c.POSITION_CONTROL,
+            targetPositions=q.tolist(),
+            targetVelocities=[0.0] * 6,
+            forces=[cfg.joint_force] * 6,
+            positionGains=[cfg.position_gain] * 6,
+            velocityGains=[1.0] * 6,
+        )
+        finger_target = 0.0 if self.gripper_closed else FINGER_TRAVEL
+        c.setJointMotorControlArray(
+            self.body,
+            self.finger_joints,
+            c.POSITION_CONTROL,
+            targetPositions=[finger_target] * 2,
+            forces=[cfg.finger_force] * 2,
+            positionGains=[0.2] * 2,
+        )
+
+    def tcp_position(self) -> NDArray[np.float64]:
+        return np.array(self.client.getLinkState(self.body, self.tcp_link, computeForwardKinematics=True)[4])
+
+    def tcp_yaw(self) -> float:
+        """Yaw of the finger axis about +z, 0 when the fingers close along world y."""
+        orn = self.client.getLinkState(self.body, self.tcp_link, computeForwardKinematics=True)[5]
+        finger_axis = np.array(self.client.getMatrixFromQuaternion(orn)).reshape(3, 3)[:, 1]
+        return math.atan2(-finger_axis[0], finger_axis[1])
+
+    def finger_gap(self) -> float:
+        """Opening between the fingers' inner faces (m)."""
+        states = self.client.getJointStates(self.body, self.finger_joints)
+        return float(states[0][0] + states[1][0])

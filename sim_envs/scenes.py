@@ -1,0 +1,300 @@
+"""The two scenes of COG and Lee et al.: a cabinet with two drawers, and pick-and-place into a tray.
+
+A scene builds its bodies once per physics client, places them for an initial condition on reset, and answers
+questions about itself (task success, the privileged state). The environment owns the client, the arm and the
+camera; scenes never step the simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from pybullet_utils.bullet_client import BulletClient
+
+from sim_envs.robot import ASSET_DIR, Arm
+
+PARKED = (-0.3, -0.5)
+"""Where an unused object waits on the table, out of the camera's view and the arm's reach."""
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """A fixed pinhole camera looking at the workspace."""
+
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    fov_deg: float = 50.0
+
+
+@dataclass
+class SceneState:
+    """Everything a scripted skill may read: the privileged, noiseless state of the scene (metres, radians)."""
+
+    tcp: NDArray[np.float64]
+    yaw: float
+    finger_gap: float
+    gripper_closed: bool
+    object_pos: NDArray[np.float64]
+    object_quat: tuple[float, float, float, float]
+    object_yaw: float
+    object_held: bool
+    bottom_drawer: float = 0.0
+    top_drawer: float = 0.0
+    blocker_pos: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
+    blocker_held: bool = False
+    tray_pos: NDArray[np.float64] = field(default_factory=lambda: np.zeros(3))
+
+
+class Scene(Protocol):
+    """What the environment needs from a scene."""
+
+    name: str
+    initial_conditions: tuple[str, ...]
+    horizons: dict[str, int]
+    camera: CameraConfig
+    privileged_names: tuple[str, ...]
+    task: str
+
+    def build(self, client: BulletClient) -> None: ...
+
+    def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None: ...
+
+    def state(self, client: BulletClient, arm: Arm) -> SceneState: ...
+
+    def success(self, state: SceneState) -> bool: ...
+
+    def privileged(self, state: SceneState) -> NDArray[np.float64]: ...
+
+
+def _box(
+    client: BulletClient,
+    half_extents: tuple[float, float, float],
+    rgba: tuple[float, float, float, float],
+    mass: float,
+    friction: float = 1.0,
+) -> int:
+    col = client.createCollisionShape(client.GEOM_BOX, halfExtents=half_extents)
+    vis = client.createVisualShape(client.GEOM_BOX, halfExtents=half_extents, rgbaColor=rgba)
+    body = client.createMultiBody(mass, col, vis, basePosition=(0, 0, -1))
+    client.changeDynamics(body, -1, lateralFriction=friction, spinningFriction=0.001, rollingFriction=0.0001)
+    return body
+
+
+def _build_table(client: BulletClient) -> int:
+    """A 1.2 m square table whose top is the plane z = 0.
+
+    It is transparent (without a visual shape pybullet would draw its collision box): the camera paints the table colour wherever no body was drawn, which halves the
+    render time (a frame-filling plane costs TinyRenderer about as much as everything else together).
+    """
+    table = _box(client, (0.6, 0.6, 0.025), (0.55, 0.55, 0.55, 0.0), mass=0.0)  # alpha 0: not drawn
+    client.resetBasePositionAndOrientation(table, (0.2, 0.0, -0.025), (0, 0, 0, 1))
+    return table
+
+
+def _yaw_of(quat: tuple[float, ...]) -> float:
+    x, y, z, w = quat
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def _quat_yaw(yaw: float) -> tuple[float, float, float, float]:
+    return (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+
+
+def _held(client: BulletClient, arm: Arm, body: int) -> bool:
+    """Both fingers touch the body (a grasp, not a nudge)."""
+    return all(len(client.getContactPoints(arm.body, body, finger, -1)) > 0 for finger in arm.finger_joints)
+
+
+def _pose(client: BulletClient, body: int) -> tuple[NDArray[np.float64], tuple[float, ...]]:
+    pos, quat = client.getBasePositionAndOrientation(body)
+    return np.array(pos), quat
+
+
+class DrawerScene:
+    """Table, cabinet with a top and a bottom drawer, an object in the bottom drawer, optionally a blocking object.
+
+    Initial conditions: `open` (bottom drawer open), `closed`, `blocked` (top drawer open above the bottom
+    drawer's handle), `blocked_by_object` (an object standing in the gap behind the bottom drawer's handle).
+    Task: grasp the object and lift it out of the drawer.
+    """
+
+    name = "drawer"
+    task = "grasp the object from the bottom drawer and hold it above the drawer"
+    initial_conditions = ("open", "closed", "blocked", "blocked_by_object")
+    horizons = {"open": 50, "closed": 50, "blocked": 80, "blocked_by_object": 80}
+    camera = CameraConfig(eye=(0.1, -0.3, 0.34), target=(0.3, 0.05, 0.05), fov_deg=45.0)
+    privileged_names = (
+        "object_x", "object_y", "object_z", "object_qx", "object_qy", "object_qz", "object_qw",
+        "bottom_drawer", "top_drawer", "blocker_x", "blocker_y", "blocker_z",
+    )  # fmt: skip
+
+    # Layout (metres, world frame). The cabinet's front face is at x = FRONT, its centre line at y = CENTER_Y.
+    FRONT = 0.36
+    CENTER_Y = 0.08
+    BOTTOM_HANDLE_Y = CENTER_Y - 0.05
+    TOP_HANDLE_Y = CENTER_Y + 0.05
+    HANDLE_Z = 0.045  # bottom drawer handle height; the top drawer's is 0.069 higher
+    TOP_HANDLE_Z = 0.114
+    DRAWER_TRAVEL = 0.14
+    DRAWER_TOP_Z = 0.072  # top edge of the bottom drawer's walls
+    OPEN_THRESHOLD = 0.11  # the bottom drawer counts as open (object reachable) beyond this
+    OBJECT_HALF = 0.015
+    BLOCKER_HALF = (0.014, 0.015, 0.0425)
+
+    def build(self, client: BulletClient) -> None:
+        _build_table(client)
+        self.cabinet = client.loadURDF(
+            str(ASSET_DIR / "cabinet.urdf"), basePosition=(self.FRONT, self.CENTER_Y, 0.0), useFixedBase=True
+        )
+        self.bottom_joint, self.top_joint = 0, 1
+        # Drawer slides have some friction so that drawers stay where they are left.
+        for joint in (self.bottom_joint, self.top_joint):
+            client.setJointMotorControl2(self.cabinet, joint, client.VELOCITY_CONTROL, targetVelocity=0, force=3.0)
+            client.changeDynamics(self.cabinet, joint, lateralFriction=1.0)  # pybullet's default is 0.5
+        h = self.OBJECT_HALF
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05)
+        self.blocker = _box(client, self.BLOCKER_HALF, (0.1, 0.3, 0.95, 1.0), mass=0.1)
+
+    def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
+        bottom, top = 0.0, 0.0
+        match condition:
+            case "open":
+                bottom = rng.uniform(0.12, self.DRAWER_TRAVEL)
+            case "closed":
+                pass
+            case "blocked":
+                top = rng.uniform(0.12, self.DRAWER_TRAVEL)
+            case "blocked_by_object":
+                pass
+            case _:
+                raise ValueError(f"drawer scene: unknown initial condition {condition!r}")
+        client.resetJointState(self.cabinet, self.bottom_joint, bottom, 0.0)
+        client.resetJointState(self.cabinet, self.top_joint, top, 0.0)
+        # The object sits near the front of the bottom drawer, so it is reachable once the drawer is open.
+        local_x = 0.035 + rng.uniform(-0.005, 0.005)
+        obj = (self.FRONT - bottom + local_x, self.CENTER_Y + rng.uniform(-0.025, 0.025), 0.017 + self.OBJECT_HALF)
+        client.resetBasePositionAndOrientation(self.object, obj, _quat_yaw(rng.uniform(-0.3, 0.3)))
+        if condition == "blocked_by_object":
+            blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.01, 0.01), self.BLOCKER_HALF[2])
+        else:
+            blocker = (*PARKED, self.BLOCKER_HALF[2])
+        client.resetBasePositionAndOrientation(self.blocker, blocker, (0, 0, 0, 1))
+        tcp = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2))
+        arm.reset(tcp, 0.0, gripper_closed=False)
+
+    def state(self, client: BulletClient, arm: Arm) -> SceneState:
+        obj, quat = _pose(client, self.object)
+        blocker, _ = _pose(client, self.blocker)
+        return SceneState(
+            tcp=arm.tcp_position(),
+            yaw=arm.tcp_yaw(),
+            finger_gap=arm.finger_gap(),
+            gripper_closed=arm.gripper_closed,
+            object_pos=obj,
+            object_quat=(quat[0], quat[1], quat[2], quat[3]),
+            object_yaw=_yaw_of(quat),
+            object_held=_held(client, arm, self.object),
+            bottom_drawer=float(client.getJointState(self.cabinet, self.bottom_joint)[0]),
+            top_drawer=float(client.getJointState(self.cabinet, self.top_joint)[0]),
+            blocker_pos=blocker,
+            blocker_held=_held(client, arm, self.blocker),
+        )
+
+    def success(self, state: SceneState) -> bool:
+        """The object is held and its bottom is clear of the bottom drawer's walls."""
+        lifted = state.object_pos[2] - self.OBJECT_HALF > self.DRAWER_TOP_Z + 0.01
+        return bool(lifted and state.object_held)
+
+    def privileged(self, state: SceneState) -> NDArray[np.float64]:
+        drawers = [state.bottom_drawer, state.top_drawer]
+        return np.concatenate([state.object_pos, state.object_quat, drawers, state.blocker_pos])
+
+    # Sub-skill predicates, used by the scripted skills to report success.
+    def bottom_open(self, state: SceneState) -> bool:
+        return state.bottom_drawer >= self.OPEN_THRESHOLD
+
+    def top_closed(self, state: SceneState) -> bool:
+        return state.top_drawer <= 0.02
+
+    def blocker_clear(self, state: SceneState) -> bool:
+        """The blocking object is out of the bottom drawer's path and of the way to its handle, and let go."""
+        x, y = state.blocker_pos[0], state.blocker_pos[1]
+        in_front = self.FRONT - 0.2 < x < self.FRONT + 0.01 and abs(y - self.BOTTOM_HANDLE_Y) < 0.1
+        return not in_front and not state.blocker_held
+
+
+class PickPlaceScene:
+    """Table, an object and a tray. Initial conditions: `on_table` (random pose), `in_gripper`.
+
+    Task: the object rests in the tray (inside its walls, not held).
+    """
+
+    name = "pick_place"
+    task = "put the object into the tray and let go of it"
+    initial_conditions = ("on_table", "in_gripper")
+    horizons = {"on_table": 40, "in_gripper": 40}
+    camera = CameraConfig(eye=(0.1, -0.3, 0.4), target=(0.28, 0.0, 0.0), fov_deg=45.0)
+    privileged_names = (
+        "object_x", "object_y", "object_z", "object_qx", "object_qy", "object_qz", "object_qw",
+        "tray_x", "tray_y", "tray_z",
+    )  # fmt: skip
+
+    OBJECT_HALF = 0.015
+    TRAY_INNER_HALF = 0.059
+    TRAY_CENTER = (0.3, 0.13)
+
+    def build(self, client: BulletClient) -> None:
+        _build_table(client)
+        self.tray = client.loadURDF(str(ASSET_DIR / "tray.urdf"), basePosition=(*self.TRAY_CENTER, 0.0), useFixedBase=True)
+        h = self.OBJECT_HALF
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05)
+
+    def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
+        tray = (self.TRAY_CENTER[0] + rng.uniform(-0.02, 0.02), self.TRAY_CENTER[1] + rng.uniform(-0.02, 0.02), 0.0)
+        client.resetBasePositionAndOrientation(self.tray, tray, (0, 0, 0, 1))
+        match condition:
+            case "on_table":
+                obj = (rng.uniform(0.2, 0.36), rng.uniform(-0.16, 0.0), self.OBJECT_HALF)
+                client.resetBasePositionAndOrientation(self.object, obj, _quat_yaw(rng.uniform(-math.pi / 4, math.pi / 4)))
+                tcp = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2))
+                arm.reset(tcp, 0.0, gripper_closed=False)
+            case "in_gripper":
+                tcp = rng.uniform((0.2, -0.1, 0.1), (0.3, 0.05, 0.16))
+                yaw = rng.uniform(-0.3, 0.3)
+                arm.reset(tcp, yaw, gripper_closed=True, finger_gap=2 * self.OBJECT_HALF)
+                client.resetBasePositionAndOrientation(self.object, tcp, _quat_yaw(yaw))
+            case _:
+                raise ValueError(f"pick_place scene: unknown initial condition {condition!r}")
+
+    def state(self, client: BulletClient, arm: Arm) -> SceneState:
+        obj, quat = _pose(client, self.object)
+        tray, _ = _pose(client, self.tray)
+        return SceneState(
+            tcp=arm.tcp_position(),
+            yaw=arm.tcp_yaw(),
+            finger_gap=arm.finger_gap(),
+            gripper_closed=arm.gripper_closed,
+            object_pos=obj,
+            object_quat=(quat[0], quat[1], quat[2], quat[3]),
+            object_yaw=_yaw_of(quat),
+            object_held=_held(client, arm, self.object),
+            tray_pos=tray,
+        )
+
+    def success(self, state: SceneState) -> bool:
+        """The object lies inside the tray's walls, low (not hovering), and no finger holds it."""
+        d = np.abs(state.object_pos[:2] - state.tray_pos[:2])
+        inside = bool(np.all(d < self.TRAY_INNER_HALF - 0.005))
+        low = state.object_pos[2] < 0.006 + 2 * self.OBJECT_HALF + 0.01
+        return inside and low and not state.object_held
+
+    def privileged(self, state: SceneState) -> NDArray[np.float64]:
+        return np.concatenate([state.object_pos, state.object_quat, state.tray_pos])
+
+    def picked(self, state: SceneState) -> bool:
+        return bool(state.object_held and state.object_pos[2] > 0.06)
+

@@ -1,0 +1,454 @@
+"""Scripted skills: one waypoint controller per sub-skill, reading the privileged scene state.
+
+Each skill walks through phases (move above, descend, close, pull, ...); a phase ends when the tool centre point is
+within its tolerance of the phase's target, or after a fixed number of steps for gripper phases. `ScriptedPolicy`
+adds COG's Gaussian action noise and, optionally, "suboptimal" random-direction actions part of the time, so that
+collected data holds the varied and partly failing behaviour of COG's scripted datasets. `SkillChain` runs skills
+one after another: the chained solutions solve each task from its hardest initial condition.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim_envs.env import ACTION_SCALES, ManipulationEnv
+from sim_envs.scenes import DrawerScene, PickPlaceScene, SceneState
+
+D = DrawerScene
+P = PickPlaceScene
+TRAVEL_Z = 0.16  # safe height above the cabinet's top drawer handle
+_LINEAR_SCALE = ACTION_SCALES[0]
+_YAW_SCALE = ACTION_SCALES[3]
+CLOSE, OPEN = 1.0, -1.0
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """One phase of a skill: drive the TCP to `target` with the gripper command `gripper`.
+
+    The phase ends when the TCP is within `tol` metres of the target, or when `until` holds, or after `steps`
+    steps if `steps` is set (used for closing and opening the gripper).
+    """
+
+    target: NDArray[np.float64]
+    gripper: float
+    tol: float = 0.01
+    steps: int | None = None
+    yaw: float = 0.0
+    until: bool = False
+    speed: float = 1.0
+    """Cap on the normalised motion command, for moves that must be gentle (pulling a loaded drawer)."""
+
+
+class Skill:
+    """Base of the scripted skills: a phase counter and a proportional controller towards each waypoint."""
+
+    name: str = "skill"
+
+    def __init__(self) -> None:
+        self.phase = 0
+        self._phase_steps = 0
+        self._finished = False
+
+    def reset(self) -> None:
+        self.phase = 0
+        self._phase_steps = 0
+        self._finished = False
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        """The current phase's waypoint, or None once the skill has finished."""
+        raise NotImplementedError
+
+    def succeeded(self, s: SceneState) -> bool:
+        raise NotImplementedError
+
+    @property
+    def done(self) -> bool:
+        return self._finished
+
+    def act(self, s: SceneState) -> NDArray[np.float64]:
+        """The noiseless action for this state, advancing phases whose goal is met."""
+        for _ in range(8):  # several phases may be complete already (e.g. the gripper is already closed)
+            wp = self.waypoint(s)
+            if wp is None:
+                self._finished = True
+                return np.zeros(5)
+            reached = np.linalg.norm(wp.target - s.tcp) < wp.tol
+            if wp.steps is not None:
+                reached = self._phase_steps >= wp.steps
+            if not (reached or wp.until):
+                break
+            self.phase += 1
+            self._phase_steps = 0
+        self._phase_steps += 1
+        move = np.clip((wp.target - s.tcp) / _LINEAR_SCALE, -wp.speed, wp.speed)
+        yaw_error = math.remainder(wp.yaw - s.yaw, math.pi)  # the gripper is symmetric under a half turn
+        turn = float(np.clip(yaw_error / _YAW_SCALE, -1.0, 1.0))
+        return np.array([*move, turn, wp.gripper])
+
+
+def _grasp_yaw(object_yaw: float) -> float:
+    """Gripper yaw that aligns the fingers with a cube's faces, the nearest of the four."""
+    return math.remainder(object_yaw, math.pi / 2)
+
+
+def _at(x: float, y: float, z: float) -> NDArray[np.float64]:
+    return np.array([x, y, z])
+
+
+class OpenBottomDrawer(Skill):
+    """Close the gripper, hook it between the bottom drawer's handle and face, pull the drawer out, back off."""
+
+    name = "open_bottom_drawer"
+    HOOK_X = D.FRONT - 0.0295  # middle of the 0.039 m gap between the handle bar and the drawer face
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        x, y = self.HOOK_X - s.bottom_drawer, D.BOTTOM_HANDLE_Y
+        match self.phase:
+            case 0:
+                return Waypoint(_at(x, y, TRAVEL_Z), CLOSE, tol=0.012)
+            case 1:
+                return Waypoint(_at(x, y, D.HANDLE_Z), CLOSE, tol=0.008)
+            case 2:
+                opened = s.bottom_drawer >= D.DRAWER_TRAVEL - 0.008
+                # Pulled faster, the drawer accelerates the object beyond what friction holds and it slides back.
+                pull_to = _at(self.HOOK_X - D.DRAWER_TRAVEL - 0.01, y, D.HANDLE_Z)
+                return Waypoint(pull_to, CLOSE, until=opened, speed=0.6)
+            case 3:
+                return Waypoint(_at(s.tcp[0], y, TRAVEL_Z), OPEN, tol=0.015)
+        return None
+
+    def succeeded(self, s: SceneState) -> bool:
+        return D().bottom_open(s)
+
+
+class CloseTopDrawer(Skill):
+    """Go in front of the open top drawer, below its top edge and away from its handle, and push it shut."""
+
+    name = "close_top_drawer"
+    PUSH_Y = D.CENTER_Y - 0.04
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        face_x = D.FRONT - 0.01 - s.top_drawer
+        match self.phase:
+            case 0:
+                return Waypoint(_at(face_x - 0.035, self.PUSH_Y, TRAVEL_Z), CLOSE, tol=0.012)
+            case 1:
+                return Waypoint(_at(face_x - 0.035, self.PUSH_Y, 0.1), CLOSE, tol=0.01)
+            case 2:
+                return Waypoint(_at(D.FRONT - 0.008, self.PUSH_Y, 0.1), CLOSE, until=s.top_drawer < 0.005)
+            case 3:
+                return Waypoint(_at(D.FRONT - 0.05, self.PUSH_Y, TRAVEL_Z), CLOSE, tol=0.015)
+        return None
+
+    def succeeded(self, s: SceneState) -> bool:
+        return D().top_closed(s)
+
+
+class RemoveBlocker(Skill):
+    """Grasp the object standing behind the bottom drawer's handle, lift it out, set it down aside, let go."""
+
+    name = "remove_blocker"
+    ASIDE = (0.2, -0.12)
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        b = s.blocker_pos
+        grasp_z = b[2] + D.BLOCKER_HALF[2] - 0.016  # fingertips stay above the handle bar
+        match self.phase:
+            case 0:
+                return Waypoint(_at(b[0], b[1], TRAVEL_Z), OPEN, tol=0.01)
+            case 1:
+                return Waypoint(_at(b[0], b[1], grasp_z), OPEN, tol=0.006)
+            case 2:
+                return Waypoint(_at(b[0], b[1], grasp_z), CLOSE, steps=3)
+            case 3:
+                return Waypoint(_at(s.tcp[0], s.tcp[1], TRAVEL_Z + 0.02), CLOSE, tol=0.015)
+            case 4:
+                return Waypoint(_at(*self.ASIDE, TRAVEL_Z + 0.02), CLOSE, tol=0.02)
+            case 5:
+                return Waypoint(_at(*self.ASIDE, 2 * D.BLOCKER_HALF[2] - 0.012), CLOSE, tol=0.01)
+            case 6:
+                return Waypoint(s.tcp, OPEN, steps=2)
+            case 7:
+                return Waypoint(_at(*self.ASIDE, TRAVEL_Z), OPEN, tol=0.02)
+        return None
+
+    def succeeded(self, s: SceneState) -> bool:
+        return D().blocker_clear(s)
+
+
+class GraspFromDrawer(Skill):
+    """Open the gripper above the object in the open bottom drawer, descend, close, and lift it out."""
+
+    name = "grasp_from_drawer"
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        o = s.object_pos
+        yaw = _grasp_yaw(s.object_yaw)
+        match self.phase:
+            case 0:
+                return Waypoint(_at(o[0], o[1], 0.12), OPEN, tol=0.012, yaw=yaw)
+            case 1:
+                return Waypoint(_at(o[0], o[1], o[2]), OPEN, tol=0.006, yaw=yaw)
+            case 2:
+                return Waypoint(_at(o[0], o[1], o[2]), CLOSE, steps=3, yaw=yaw)
+            case 3:
+                return Waypoint(_at(s.tcp[0], s.tcp[1], 0.15), CLOSE, tol=0.012, yaw=s.yaw)
+        return None
+
+    def act(self, s: SceneState) -> NDArray[np.float64]:
+        action = super().act(s)
+        if self.done:  # keep holding once lifted
+            action[4] = CLOSE
+        return action
+
+    def succeeded(self, s: SceneState) -> bool:
+        return D().success(s)
+
+
+class PickFromTable(Skill):
+    """Align with the object on the table, descend, close, lift."""
+
+    name = "pick_from_table"
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        o = s.object_pos
+        yaw = _grasp_yaw(s.object_yaw)
+        match self.phase:
+            case 0:
+                return Waypoint(_at(o[0], o[1], 0.09), OPEN, tol=0.012, yaw=yaw)
+            case 1:
+                return Waypoint(_at(o[0], o[1], P.OBJECT_HALF), OPEN, tol=0.006, yaw=yaw)
+            case 2:
+                return Waypoint(_at(o[0], o[1], P.OBJECT_HALF), CLOSE, steps=3, yaw=yaw)
+            case 3:
+                return Waypoint(_at(s.tcp[0], s.tcp[1], 0.1), CLOSE, tol=0.012, yaw=s.yaw)
+        return None
+
+    def act(self, s: SceneState) -> NDArray[np.float64]:
+        action = super().act(s)
+        if self.done:
+            action[4] = CLOSE
+        return action
+
+    def succeeded(self, s: SceneState) -> bool:
+        return P().picked(s)
+
+
+class PlaceInTray(Skill):
+    """Carry the held object above the tray, lower it, let go, back off."""
+
+    name = "place_in_tray"
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        t = s.tray_pos
+        match self.phase:
+            case 0:
+                return Waypoint(_at(t[0], t[1], 0.1), CLOSE, tol=0.015, yaw=s.yaw)
+            case 1:
+                return Waypoint(_at(t[0], t[1], 0.06), CLOSE, tol=0.01, yaw=s.yaw)
+            case 2:
+                return Waypoint(s.tcp, OPEN, steps=2, yaw=s.yaw)
+            case 3:
+                return Waypoint(_at(t[0], t[1], 0.12), OPEN, tol=0.015, yaw=s.yaw)
+        return None
+
+    def succeeded(self, s: SceneState) -> bool:
+        return P().success(s)
+
+
+class RandomExploration(Skill):
+    """Wander between random points of the workspace, opening and closing the gripper at random.
+
+    It has no goal, so `succeeded` is always False; datasets record its success as not applicable.
+    """
+
+    name = "random_exploration"
+
+    def __init__(self, rng: np.random.Generator, low: tuple[float, ...], high: tuple[float, ...]) -> None:
+        super().__init__()
+        self.rng, self.low, self.high = rng, np.array(low), np.array(high)
+        self._target = self.rng.uniform(self.low, self.high)
+        self._gripper = OPEN
+        self._yaw = 0.0
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        if self._phase_steps == 0 or self.rng.random() < 0.1:
+            self._target = self.rng.uniform(self.low, self.high)
+            self._gripper = CLOSE if self.rng.random() < 0.5 else OPEN
+            self._yaw = float(self.rng.uniform(-0.6, 0.6))
+        return Waypoint(self._target, self._gripper, tol=0.0, yaw=self._yaw)
+
+    def succeeded(self, s: SceneState) -> bool:
+        return False
+
+
+class SkillChain(Skill):
+    """Run skills one after another; each hands over when it has finished its phases."""
+
+    def __init__(self, name: str, skills: list[Skill]) -> None:
+        super().__init__()
+        self.name, self.skills, self.current = name, skills, 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.current = 0
+        for skill in self.skills:
+            skill.reset()
+
+    def act(self, s: SceneState) -> NDArray[np.float64]:
+        while True:
+            skill = self.skills[self.current]
+            action = skill.act(s)
+            if not skill.done or self.current == len(self.skills) - 1:
+                return action
+            self.current += 1
+
+    def succeeded(self, s: SceneState) -> bool:
+        return self.skills[-1].succeeded(s)
+
+
+@dataclass(frozen=True)
+class SkillSetting:
+    """A skill and where it is measured: its scene and the initial condition it starts from."""
+
+    name: str
+    scene: str
+    initial_condition: str
+    parts: tuple[str, ...] = ()
+    """For a chained solution, the skills it runs in order; empty for a single skill."""
+
+
+SKILLS: dict[str, SkillSetting] = {
+    s.name: s
+    for s in (
+        SkillSetting("open_bottom_drawer", "drawer", "closed"),
+        SkillSetting("close_top_drawer", "drawer", "blocked"),
+        SkillSetting("remove_blocker", "drawer", "blocked_by_object"),
+        SkillSetting("grasp_from_drawer", "drawer", "open"),
+        SkillSetting("pick_from_table", "pick_place", "on_table"),
+        SkillSetting("place_in_tray", "pick_place", "in_gripper"),
+        SkillSetting("random_exploration", "drawer", "closed"),
+        SkillSetting("open_then_grasp", "drawer", "closed", ("open_bottom_drawer", "grasp_from_drawer")),
+        SkillSetting(
+            "close_top_open_grasp", "drawer", "blocked", ("close_top_drawer", "open_bottom_drawer", "grasp_from_drawer")
+        ),
+        SkillSetting(
+            "remove_blocker_open_grasp",
+            "drawer",
+            "blocked_by_object",
+            ("remove_blocker", "open_bottom_drawer", "grasp_from_drawer"),
+        ),
+        SkillSetting("pick_then_place", "pick_place", "on_table", ("pick_from_table", "place_in_tray")),
+    )
+}
+"""Every scripted skill and chained solution, by name. `random_exploration` runs in either scene."""
+
+
+def make_skill(name: str, rng: np.random.Generator) -> Skill:
+    """Build a skill or chained solution by name (see `SKILLS`)."""
+    if name not in SKILLS:
+        raise ValueError(f"unknown skill {name!r}; choose one of {sorted(SKILLS)}")
+    setting = SKILLS[name]
+    if setting.parts:
+        return SkillChain(name, [make_skill(part, rng) for part in setting.parts])
+    match name:
+        case "open_bottom_drawer":
+            return OpenBottomDrawer()
+        case "close_top_drawer":
+            return CloseTopDrawer()
+        case "remove_blocker":
+            return RemoveBlocker()
+        case "grasp_from_drawer":
+            return GraspFromDrawer()
+        case "pick_from_table":
+            return PickFromTable()
+        case "place_in_tray":
+            return PlaceInTray()
+        case "random_exploration":
+            return RandomExploration(rng, (0.16, -0.15, 0.03), (0.38, 0.18, 0.2))
+    raise AssertionError(f"SKILLS lists {name!r} but make_skill cannot build it")
+
+
+class ScriptedPolicy:
+    """A skill with COG-style action noise: a ~ clip(skill(s) + N(0, noise^2), -1, 1).
+
+    With probability `suboptimal_prob` per step the motion part of the action is replaced by a uniformly random
+    direction instead (COG's "suboptimal" scripted data), which makes some episodes fail.
+    """
+
+    def __init__(self, skill: Skill, rng: np.random.Generator, noise: float = 0.1, suboptimal_prob: float = 0.0) -> None:
+        if noise < 0 or not 0.0 <= suboptimal_prob <= 1.0:
+            raise ValueError(f"need noise >= 0 and 0 <= suboptimal_prob <= 1, got {noise}, {suboptimal_prob}")
+        self.skill, self.rng, self.noise, self.suboptimal_prob = skill, rng, noise, suboptimal_prob
+
+    def reset(self) -> None:
+        self.skill.reset()
+
+    def __call__(self, s: SceneState) -> NDArray[np.float32]:
+        action = self.skill.act(s)
+        if self.suboptimal_prob > 0 and self.rng.random() < self.suboptimal_prob:
+            action[:4] = self.rng.uniform(-1.0, 1.0, size=4)
+        action = action + self.rng.normal(0.0, self.noise, size=action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class EpisodeResult:
+    """Outcome of one scripted episode."""
+
+    skill: str
+    initial_condition: str
+    seed: int
+    success: bool
+    """The skill's own success predicate at the final step."""
+    task_success: bool
+    """The env's task success at the final step (what its reward reports)."""
+    ever_task_success: bool
+    steps: int
+    frames: list[NDArray[np.uint8]]
+
+
+def run_skill_episode(
+    env: ManipulationEnv,
+    skill_name: str,
+    seed: int,
+    noise: float = 0.1,
+    suboptimal_prob: float = 0.0,
+    initial_condition: str | None = None,
+    record: bool = False,
+) -> EpisodeResult:
+    """Reset `env` (seeded) to the skill's initial condition and run the skill until the episode ends."""
+    setting = SKILLS.get(skill_name)
+    if setting is None:
+        raise ValueError(f"unknown skill {skill_name!r}; choose one of {sorted(SKILLS)}")
+    condition = initial_condition or setting.initial_condition
+    rng = np.random.default_rng(seed)
+    policy = ScriptedPolicy(make_skill(skill_name, rng), rng, noise=noise, suboptimal_prob=suboptimal_prob)
+    options: dict[str, Any] = {"initial_condition": condition}
+    obs, info = env.reset(seed=seed, options=options)
+    frames = [env.render() if env.render_mode == "rgb_array" else obs["image"]] if record else []
+    ever, steps, done = bool(info["success"]), 0, False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(policy(env.scene_state()))
+        steps += 1
+        ever = ever or bool(info["success"])
+        done = terminated or truncated
+        if record:
+            frames.append(env.render() if env.render_mode == "rgb_array" else obs["image"])
+    state = env.scene_state()
+    return EpisodeResult(
+        skill=skill_name,
+        initial_condition=condition,
+        seed=seed,
+        success=policy.skill.succeeded(state),
+        task_success=bool(info["success"]),
+        ever_task_success=ever,
+        steps=steps,
+        frames=[f for f in frames if f is not None],
+    )
