@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pybullet_utils.bullet_client
 from numpy.typing import NDArray
-from pybullet_utils.bullet_client import BulletClient
 
 ASSET_DIR = Path(__file__).parent / "assets"
 
@@ -28,6 +29,20 @@ UPPER_ARM = (0.05, 0.25)  # shoulder -> elbow at zero angles, (forward, up)
 FOREARM = 0.175 + 0.075  # elbow -> wrist_angle axis
 TOOL = 0.065 + 0.085  # wrist_angle axis -> TCP along the gripper
 FINGER_TRAVEL = 0.036  # each finger's stroke; the opening between the fingers is twice the joint position
+
+
+class BulletClient(pybullet_utils.bullet_client.BulletClient):  # type: ignore[misc]  # untyped base
+    """pybullet bound to one physics client, so several environments in a process never share state.
+
+    The base class builds a new `functools.partial` on every attribute access (tens of thousands per second
+    here); this one keeps the bound function after first use.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = super().__getattr__(name)
+        self.__dict__[name] = attribute
+        return attribute
+
 
 _L1 = math.hypot(*UPPER_ARM)
 _ALPHA = math.atan2(UPPER_ARM[1], UPPER_ARM[0])
@@ -87,6 +102,9 @@ class Arm:
         index = {client.getJointInfo(self.body, j)[1].decode(): j for j in range(client.getNumJoints(self.body))}
         self.arm_joints = [index[name] for name in ARM_JOINTS]
         self.finger_joints = [index[name] for name in FINGER_JOINTS]
+        self._zeros, self._ones = [0.0] * 6, [1.0] * 6
+        self._arm_forces, self._arm_gains = [config.joint_force] * 6, [config.position_gain] * 6
+        self._finger_forces = [config.finger_force] * 2
         self.tcp_link = index["tcp_joint"]
         self.low = np.array(config.workspace_low)
         self.high = np.array(config.workspace_high)
@@ -98,26 +116,31 @@ class Arm:
         for link in self.finger_joints:
             client.changeDynamics(self.body, link, lateralFriction=1.5, spinningFriction=0.002)
 
-    def reset(self, pos: NDArray[np.float64], yaw: float, gripper_closed: bool, finger_gap: float | None = None) -> None:
+    def reset(
+        self, pos: NDArray[np.float64], yaw: float, gripper_closed: bool, finger_gap: float | None = None
+    ) -> None:
         """Teleport the arm to a TCP pose (no dynamics) and hold it there."""
         self.target_pos = np.clip(np.asarray(pos, dtype=np.float64), self.low, self.high)
         self.target_yaw = float(np.clip(yaw, -self.config.yaw_limit, self.config.yaw_limit))
         self.gripper_closed = gripper_closed
         self._start_pos, self._start_yaw = self.target_pos, self.target_yaw
         q = topdown_ik(self.target_pos, self.target_yaw)
-        for joint, angle in zip(self.arm_joints, q):
+        for joint, angle in zip(self.arm_joints, q, strict=True):
             self.client.resetJointState(self.body, joint, float(angle), 0.0)
         gap = finger_gap if finger_gap is not None else (0.0 if gripper_closed else 2 * FINGER_TRAVEL)
         for joint in self.finger_joints:
             self.client.resetJointState(self.body, joint, gap / 2, 0.0)
-        self._drive(q)
+        self._drive_arm(q)
+        self._drive_fingers()
 
-    def command(self, delta_pos: NDArray[np.float64], delta_yaw: float, gripper: float) -> None:
+    def command(
+        self, delta_pos: NDArray[np.float64], delta_yaw: float, gripper: float, tcp: NDArray[np.float64]
+    ) -> None:
         """Move the commanded TCP by `delta_pos` (m) and yaw by `delta_yaw` (rad); gripper >= 0.5 closes, <= -0.5 opens.
 
-        Between the thresholds the gripper keeps its state (hysteresis, as on the real robot's gripper bridge).
+        `tcp` is the current TCP position; the command may run at most `max_target_lag` ahead of it. Between the
+        gripper thresholds the gripper keeps its state (hysteresis, as on the real robot's gripper bridge).
         """
-        tcp = self.tcp_position()
         target = np.clip(self.target_pos + delta_pos, self.low, self.high)
         lag = self.config.max_target_lag
         self._start_pos, self._start_yaw = self.target_pos, self.target_yaw
@@ -127,9 +150,10 @@ class Arm:
             self.gripper_closed = True
         elif gripper <= -0.5:
             self.gripper_closed = False
+        self._drive_fingers()
 
     def track(self, fraction: float) -> None:
-        """Drive the motors to the point `fraction` of the way along the current command.
+        """Drive the arm's motors to the point `fraction` of the way along the current command.
 
         Called several times per control step, so the TCP moves at a steady velocity (as under MoveIt Servo on the
         robot) rather than jumping to each new target and stopping: the jumps' peak accelerations made objects slide
@@ -137,38 +161,38 @@ class Arm:
         """
         pos = self._start_pos + fraction * (self.target_pos - self._start_pos)
         yaw = self._start_yaw + fraction * (self.target_yaw - self._start_yaw)
-        self._drive(topdown_ik(pos, yaw))
+        self._drive_arm(topdown_ik(pos, yaw))
 
-    def _drive(self, q: NDArray[np.float64]) -> None:
-        c, cfg = self.client, self.config
-        c.setJointMotorControlArray(
+    def _drive_arm(self, q: NDArray[np.float64]) -> None:
+        self.client.setJointMotorControlArray(
             self.body,
             self.arm_joints,
-            c.POSITION_CONTROL,
+            self.client.POSITION_CONTROL,
             targetPositions=q.tolist(),
-            targetVelocities=[0.0] * 6,
-            forces=[cfg.joint_force] * 6,
-            positionGains=[cfg.position_gain] * 6,
-            velocityGains=[1.0] * 6,
+            targetVelocities=self._zeros,
+            forces=self._arm_forces,
+            positionGains=self._arm_gains,
+            velocityGains=self._ones,
         )
-        finger_target = 0.0 if self.gripper_closed else FINGER_TRAVEL
-        c.setJointMotorControlArray(
+
+    def _drive_fingers(self) -> None:
+        target = 0.0 if self.gripper_closed else FINGER_TRAVEL
+        self.client.setJointMotorControlArray(
             self.body,
             self.finger_joints,
-            c.POSITION_CONTROL,
-            targetPositions=[finger_target] * 2,
-            forces=[cfg.finger_force] * 2,
-            positionGains=[0.2] * 2,
+            self.client.POSITION_CONTROL,
+            targetPositions=[target, target],
+            forces=self._finger_forces,
+            positionGains=[0.2, 0.2],
         )
 
-    def tcp_position(self) -> NDArray[np.float64]:
-        return np.array(self.client.getLinkState(self.body, self.tcp_link, computeForwardKinematics=True)[4])
-
-    def tcp_yaw(self) -> float:
-        """Yaw of the finger axis about +z, 0 when the fingers close along world y."""
-        orn = self.client.getLinkState(self.body, self.tcp_link, computeForwardKinematics=True)[5]
-        finger_axis = np.array(self.client.getMatrixFromQuaternion(orn)).reshape(3, 3)[:, 1]
-        return math.atan2(-finger_axis[0], finger_axis[1])
+    def tcp_pose(self) -> tuple[NDArray[np.float64], float]:
+        """TCP position and yaw of the finger axis about +z (0 when the fingers close along world y)."""
+        state = self.client.getLinkState(self.body, self.tcp_link, computeForwardKinematics=True)
+        x, y, z, w = state[5]
+        # Second column of the rotation matrix (the finger axis), from the quaternion.
+        axis_x, axis_y = 2.0 * (x * y - w * z), 1.0 - 2.0 * (x * x + z * z)
+        return np.array(state[4]), math.atan2(-axis_x, axis_y)
 
     def finger_gap(self) -> float:
         """Opening between the fingers' inner faces (m)."""

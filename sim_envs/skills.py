@@ -49,6 +49,8 @@ class Skill:
     """Base of the scripted skills: a phase counter and a proportional controller towards each waypoint."""
 
     name: str = "skill"
+    has_goal: bool = True
+    """False for skills without a success predicate (exploration): their success is recorded as None."""
 
     def __init__(self) -> None:
         self.phase = 0
@@ -78,13 +80,14 @@ class Skill:
             if wp is None:
                 self._finished = True
                 return np.zeros(5)
-            reached = np.linalg.norm(wp.target - s.tcp) < wp.tol
+            reached = bool(np.linalg.norm(wp.target - s.tcp) < wp.tol)
             if wp.steps is not None:
                 reached = self._phase_steps >= wp.steps
             if not (reached or wp.until):
                 break
             self.phase += 1
             self._phase_steps = 0
+        assert wp is not None
         self._phase_steps += 1
         move = np.clip((wp.target - s.tcp) / _LINEAR_SCALE, -wp.speed, wp.speed)
         yaw_error = math.remainder(wp.yaw - s.yaw, math.pi)  # the gripper is symmetric under a half turn
@@ -265,10 +268,11 @@ class PlaceInTray(Skill):
 class RandomExploration(Skill):
     """Wander between random points of the workspace, opening and closing the gripper at random.
 
-    It has no goal, so `succeeded` is always False; datasets record its success as not applicable.
+    It has no goal (`has_goal` is False), so its success is recorded as not applicable.
     """
 
     name = "random_exploration"
+    has_goal = False
 
     def __init__(self, rng: np.random.Generator, low: tuple[float, ...], high: tuple[float, ...]) -> None:
         super().__init__()
@@ -382,7 +386,9 @@ class ScriptedPolicy:
     direction instead (COG's "suboptimal" scripted data), which makes some episodes fail.
     """
 
-    def __init__(self, skill: Skill, rng: np.random.Generator, noise: float = 0.1, suboptimal_prob: float = 0.0) -> None:
+    def __init__(
+        self, skill: Skill, rng: np.random.Generator, noise: float = 0.1, suboptimal_prob: float = 0.0
+    ) -> None:
         if noise < 0 or not 0.0 <= suboptimal_prob <= 1.0:
             raise ValueError(f"need noise >= 0 and 0 <= suboptimal_prob <= 1, got {noise}, {suboptimal_prob}")
         self.skill, self.rng, self.noise, self.suboptimal_prob = skill, rng, noise, suboptimal_prob
@@ -405,13 +411,16 @@ class EpisodeResult:
     skill: str
     initial_condition: str
     seed: int
-    success: bool
-    """The skill's own success predicate at the final step."""
+    success: bool | None
+    """The skill's own success predicate at the final step; None for skills without a goal."""
     task_success: bool
     """The env's task success at the final step (what its reward reports)."""
     ever_task_success: bool
     steps: int
     frames: list[NDArray[np.uint8]]
+    """With `record`: the policy's camera image at every step (T+1 frames), when the env renders images."""
+    renders: list[NDArray[np.uint8]]
+    """With `record`: `env.render()` at every step, when the env has render_mode 'rgb_array'."""
 
 
 def run_skill_episode(
@@ -431,24 +440,35 @@ def run_skill_episode(
     rng = np.random.default_rng(seed)
     policy = ScriptedPolicy(make_skill(skill_name, rng), rng, noise=noise, suboptimal_prob=suboptimal_prob)
     options: dict[str, Any] = {"initial_condition": condition}
+    frames: list[NDArray[np.uint8]] = []
+    renders: list[NDArray[np.uint8]] = []
+
+    def keep(obs: dict[str, NDArray[Any]]) -> None:
+        if record and "image" in obs:
+            frames.append(obs["image"])
+        if record and env.render_mode == "rgb_array":
+            render = env.render()
+            assert render is not None
+            renders.append(render)
+
     obs, info = env.reset(seed=seed, options=options)
-    frames = [env.render() if env.render_mode == "rgb_array" else obs["image"]] if record else []
+    keep(obs)
     ever, steps, done = bool(info["success"]), 0, False
     while not done:
         obs, _, terminated, truncated, info = env.step(policy(env.scene_state()))
+        keep(obs)
         steps += 1
         ever = ever or bool(info["success"])
         done = terminated or truncated
-        if record:
-            frames.append(env.render() if env.render_mode == "rgb_array" else obs["image"])
     state = env.scene_state()
     return EpisodeResult(
         skill=skill_name,
         initial_condition=condition,
         seed=seed,
-        success=policy.skill.succeeded(state),
+        success=policy.skill.succeeded(state) if policy.skill.has_goal else None,
         task_success=bool(info["success"]),
         ever_task_success=ever,
         steps=steps,
-        frames=[f for f in frames if f is not None],
+        frames=frames,
+        renders=renders,
     )
