@@ -7,6 +7,7 @@ well under a millisecond of physics instead of reloading URDFs from disk.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +42,9 @@ class EnvSpecRecord:
     scene: str
     task: str
     initial_conditions: tuple[str, ...]
+    """The conditions `reset` draws from when no `initial_condition` option is given."""
     horizons: dict[str, int]
+    """Episode length for every condition of the scene."""
     terminate_on_success: bool
     action_names: tuple[str, ...]
     action_scales: tuple[float, ...]
@@ -66,10 +69,19 @@ def make_scene(name: str) -> Scene:
 
 
 def _image_shape(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and 16 <= s <= 1024 for s in size):
-        raise ValueError(f"image_size must be an int or (height, width) with each in [16, 1024], got {image_size!r}")
-    return size[0], size[1]
+    problem = f"image_size must be an int or (height, width) with each an int in [16, 1024], got {image_size!r}"
+    if isinstance(image_size, numbers.Integral):
+        size: tuple[object, ...] = (image_size, image_size)
+    elif isinstance(image_size, (tuple, list)):
+        size = tuple(image_size)
+    else:
+        raise ValueError(problem)
+    if len(size) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in size):
+        raise ValueError(problem)
+    height, width = int(size[0]), int(size[1])  # type: ignore[call-overload]
+    if not (16 <= height <= 1024 and 16 <= width <= 1024):
+        raise ValueError(problem)
+    return height, width
 
 
 TABLE_RGB = np.array([140, 140, 140], dtype=np.uint8)
@@ -190,7 +202,11 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             self._check_condition(condition)
         else:
             condition = self.initial_conditions[int(self.np_random.integers(len(self.initial_conditions)))]
+        # restoreState does not clear Bullet's contact caches, whose warm-start impulses made an episode depend on the
+        # one before it. In the snapshot no two bodies touch, so a collision pass right after restoring drops every
+        # cached contact before the new episode's bodies are placed.
         self.client.restoreState(self._snapshot)
+        self.client.performCollisionDetection()
         self.scene.reset(self.client, self.arm, self.np_random, condition)
         for _ in range(SUBSTEPS // 2):  # let placed bodies settle onto their supports
             self.client.stepSimulation()
@@ -251,7 +267,8 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             scene=self.scene.name,
             task=self.scene.task,
             initial_conditions=self.initial_conditions,
-            horizons={c: self.max_episode_steps or self.scene.horizons[c] for c in self.initial_conditions},
+            # Every condition of the scene: reset(options=...) may start from any of them (e.g. evaluation).
+            horizons={c: self.max_episode_steps or self.scene.horizons[c] for c in self.scene.initial_conditions},
             terminate_on_success=self.terminate_on_success,
             action_names=ACTION_NAMES,
             action_scales=ACTION_SCALES,

@@ -195,6 +195,7 @@ class Arm:
         return np.array(state[4]), math.atan2(-axis_x, axis_y)
 
     def finger_gap(self) -> float:
-        """Opening between the fingers' inner faces (m)."""
+        """Opening between the fingers' inner faces (m), clipped at 0 (closed on nothing, the motors push the fingers
+        a few millimetres past their joint limit)."""
         states = self.client.getJointStates(self.body, self.finger_joints)
-        return float(states[0][0] + states[1][0])
+        return max(0.0, float(states[0][0] + states[1][0]))

@@ -17,7 +17,10 @@ from numpy.typing import NDArray
 from sim_envs.robot import ASSET_DIR, Arm, BulletClient
 
 PARKED = (-0.3, -0.5)
-"""Where an unused object waits on the table, out of the camera's view and the arm's reach."""
+"""Where an object that is not part of the episode is put (behind the camera), and the position reported for it."""
+SNAPSHOT_SPOTS = ((-3.0, -3.0, 3.0), (-3.0, 3.0, 3.0))
+"""Where free bodies are created, and so where the reset snapshot holds them: apart from each other and from the
+scene, so that no contact exists in the snapshot (see `ManipulationEnv.reset`)."""
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,12 @@ def _box(
     half_extents: tuple[float, float, float],
     rgba: tuple[float, float, float, float],
     mass: float,
+    position: tuple[float, float, float],
     friction: float = 1.0,
 ) -> int:
     col = client.createCollisionShape(client.GEOM_BOX, halfExtents=half_extents)
     vis = client.createVisualShape(client.GEOM_BOX, halfExtents=half_extents, rgbaColor=rgba)
-    body = client.createMultiBody(mass, col, vis, basePosition=(0, 0, -1))
+    body = client.createMultiBody(mass, col, vis, basePosition=position)
     client.changeDynamics(body, -1, lateralFriction=friction, spinningFriction=0.001, rollingFriction=0.0001)
     return int(body)
 
@@ -90,8 +94,7 @@ def _build_table(client: BulletClient) -> int:
     table colour wherever no body was drawn: a frame-filling plane cost TinyRenderer as much as everything else
     together (measured), so this halves the render time.
     """
-    table = _box(client, (0.6, 0.6, 0.025), (0.55, 0.55, 0.55, 0.0), mass=0.0)  # alpha 0: not drawn
-    client.resetBasePositionAndOrientation(table, (0.2, 0.0, -0.025), (0, 0, 0, 1))
+    table = _box(client, (0.6, 0.6, 0.025), (0.55, 0.55, 0.55, 0.0), mass=0.0, position=(0.2, 0.0, -0.025))
     return table
 
 
@@ -105,9 +108,16 @@ def _quat_yaw(yaw: float) -> tuple[float, float, float, float]:
 
 
 def _held(client: BulletClient, arm: Arm, body: int) -> bool:
-    """Both fingers touch the body (a grasp, not a nudge)."""
-    touching = {contact[3] for contact in client.getContactPoints(arm.body, body)}  # [3]: the arm's link index
-    return all(finger in touching for finger in arm.finger_joints)
+    """Both fingers pinch the body: each touches it with a roughly horizontal contact normal.
+
+    Closed fingers pressing down on top of an object touch it too, with vertical normals; that is not a grasp.
+    """
+    pinching = {
+        contact[3]  # the arm's link index
+        for contact in client.getContactPoints(arm.body, body)
+        if abs(contact[7][2]) < 0.7  # z of the contact normal
+    }
+    return all(finger in pinching for finger in arm.finger_joints)
 
 
 def _pose(client: BulletClient, body: int) -> tuple[NDArray[np.float64], tuple[float, ...]]:
@@ -120,7 +130,8 @@ class DrawerScene:
 
     Initial conditions: `open` (bottom drawer open), `closed`, `blocked` (top drawer open above the bottom
     drawer's handle), `blocked_by_object` (an object standing in the gap behind the bottom drawer's handle).
-    Task: grasp the object and lift it out of the drawer.
+    Task: grasp the object and lift it out of the drawer. The privileged state reports the blocker at the parked
+    position `PARKED` in episodes it is not part of.
     """
 
     name = "drawer"
@@ -144,8 +155,12 @@ class DrawerScene:
     DRAWER_TOP_Z = 0.072  # top edge of the bottom drawer's walls
     OPEN_THRESHOLD = 0.11  # the bottom drawer counts as open (object reachable) beyond this
     OBJECT_HALF = 0.015
-    BLOCKER_HALF = (0.014, 0.015, 0.0425)
-    BLOCKER_MASS = 0.1
+    # The blocker stands in the 0.039 m gap between the bottom handle's bar and the drawer face and nearly fills the
+    # 0.07 m between the handle's posts, so a closed gripper can neither reach the bar beside it nor nudge it aside;
+    # it is still narrow enough for the open gripper (0.072 m) to grasp it above the posts. At 0.2 kg, a gripper
+    # pressing on its top worked it loose in 5 of 30 episodes; at 0.5 kg in none (measured), and grasps still hold.
+    BLOCKER_HALF = (0.014, 0.029, 0.0425)
+    BLOCKER_MASS = 0.5
 
     def build(self, client: BulletClient) -> None:
         _build_table(client)
@@ -153,13 +168,16 @@ class DrawerScene:
             str(ASSET_DIR / "cabinet.urdf"), basePosition=(self.FRONT, self.CENTER_Y, 0.0), useFixedBase=True
         )
         self.bottom_joint, self.top_joint = 0, 1
+        self.blocker_present = False
         # Drawer slides have some friction so that drawers stay where they are left.
         for joint in (self.bottom_joint, self.top_joint):
             client.setJointMotorControl2(self.cabinet, joint, client.VELOCITY_CONTROL, targetVelocity=0, force=3.0)
             client.changeDynamics(self.cabinet, joint, lateralFriction=1.0)  # pybullet's default is 0.5
         h = self.OBJECT_HALF
-        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05)
-        self.blocker = _box(client, self.BLOCKER_HALF, (0.1, 0.3, 0.95, 1.0), mass=self.BLOCKER_MASS)
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SNAPSHOT_SPOTS[0])
+        self.blocker = _box(
+            client, self.BLOCKER_HALF, (0.1, 0.3, 0.95, 1.0), mass=self.BLOCKER_MASS, position=SNAPSHOT_SPOTS[1]
+        )
 
     def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
         bottom, top = 0.0, 0.0
@@ -181,21 +199,21 @@ class DrawerScene:
         obj = (self.FRONT - bottom + local_x, self.CENTER_Y + rng.uniform(-0.025, 0.025), 0.017 + self.OBJECT_HALF)
         client.resetBasePositionAndOrientation(self.object, obj, _quat_yaw(rng.uniform(-0.3, 0.3)))
         if condition == "blocked_by_object":
-            blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.01, 0.01), self.BLOCKER_HALF[2])
+            blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.004, 0.004), self.BLOCKER_HALF[2])
         else:
             blocker = (*PARKED, self.BLOCKER_HALF[2])
-        # A parked blocker is made static and collision-free: resting on the table out of view it cost about a
-        # fifth of every physics step (measured), for nothing.
-        parked = condition != "blocked_by_object"
-        client.changeDynamics(self.blocker, -1, mass=0.0 if parked else self.BLOCKER_MASS)
-        client.setCollisionFilterGroupMask(self.blocker, -1, 0 if parked else 1, 0 if parked else -1)
+        # Outside `blocked_by_object` the blocker leaves the scene: without collisions it falls away, out of view
+        # behind the camera. Resting on the table it cost a fifth of every physics step (measured); making it static
+        # instead (mass 0, then back) left pybullet in a state that changed later episodes, so its mass stays.
+        self.blocker_present = condition == "blocked_by_object"
+        client.setCollisionFilterGroupMask(self.blocker, -1, int(self.blocker_present), -int(self.blocker_present))
         client.resetBasePositionAndOrientation(self.blocker, blocker, (0, 0, 0, 1))
         tcp = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2))
         arm.reset(tcp, 0.0, gripper_closed=False)
 
     def state(self, client: BulletClient, arm: Arm) -> SceneState:
         obj, quat = _pose(client, self.object)
-        blocker, _ = _pose(client, self.blocker)
+        blocker = _pose(client, self.blocker)[0] if self.blocker_present else np.array([*PARKED, self.BLOCKER_HALF[2]])
         tcp, yaw = arm.tcp_pose()
         return SceneState(
             tcp=tcp,
@@ -209,7 +227,7 @@ class DrawerScene:
             bottom_drawer=float(client.getJointState(self.cabinet, self.bottom_joint)[0]),
             top_drawer=float(client.getJointState(self.cabinet, self.top_joint)[0]),
             blocker_pos=blocker,
-            blocker_held=_held(client, arm, self.blocker),
+            blocker_held=self.blocker_present and _held(client, arm, self.blocker),
         )
 
     def success(self, state: SceneState) -> bool:
@@ -261,7 +279,7 @@ class PickPlaceScene:
             str(ASSET_DIR / "tray.urdf"), basePosition=(*self.TRAY_CENTER, 0.0), useFixedBase=True
         )
         h = self.OBJECT_HALF
-        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05)
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SNAPSHOT_SPOTS[0])
 
     def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
         tray = (self.TRAY_CENTER[0] + rng.uniform(-0.02, 0.02), self.TRAY_CENTER[1] + rng.uniform(-0.02, 0.02), 0.0)

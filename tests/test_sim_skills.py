@@ -1,0 +1,160 @@
+"""Tests of the scripted skills: the SKILLS table, a quick success-rate net, noise and suboptimal actions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from sim_envs.env import ManipulationEnv
+from sim_envs.scenes import DrawerScene, PickPlaceScene, SceneState
+from sim_envs.skills import SKILLS, ScriptedPolicy, Skill, make_skill, run_skill_episode
+
+SEEDS = (0, 1, 2, 3, 4)
+GOAL_DIRECTED = sorted(name for name in SKILLS if name != "random_exploration")
+TASK_LEVEL = {"grasp_from_drawer", "place_in_tray"} | {name for name, setting in SKILLS.items() if setting.parts}
+"""Skills whose own goal is the scene's task, so their verdict must agree with the env's reward."""
+
+
+@pytest.fixture(scope="module")
+def envs() -> Iterator[dict[str, ManipulationEnv]]:
+    """One image-free env per scene, shared by this module's episodes (images are not under test here)."""
+    by_scene = {scene: ManipulationEnv(scene, include_image=False) for scene in ("drawer", "pick_place")}
+    yield by_scene
+    for env in by_scene.values():
+        env.close()
+
+
+def record_states(env: ManipulationEnv, skill_name: str, seed: int) -> list[SceneState]:
+    """The scene states of one noisy scripted episode, to feed other policies the same inputs."""
+    setting = SKILLS[skill_name]
+    rng = np.random.default_rng(seed)
+    policy = ScriptedPolicy(make_skill(skill_name, rng), rng, noise=0.1)
+    env.reset(seed=seed, options={"initial_condition": setting.initial_condition})
+    states = [env.scene_state()]
+    for _ in range(env.horizon):
+        env.step(policy(env.scene_state()))
+        states.append(env.scene_state())
+    return states
+
+
+def actions_of(policy: ScriptedPolicy, states: list[SceneState]) -> NDArray[np.float32]:
+    return np.stack([policy(s) for s in states])
+
+
+# -- the SKILLS table ------------------------------------------------------------------------------------------------
+def test_skills_table_is_consistent() -> None:
+    scene_conditions = {"drawer": DrawerScene.initial_conditions, "pick_place": PickPlaceScene.initial_conditions}
+    for name, setting in SKILLS.items():
+        assert setting.name == name
+        assert setting.initial_condition in scene_conditions[setting.scene], name
+        for part in setting.parts:
+            assert part in SKILLS, f"{name}: unknown part {part!r}"
+            assert SKILLS[part].scene == setting.scene, f"{name}: part {part!r} is for another scene"
+            assert not SKILLS[part].parts, f"{name}: chains do not nest"
+
+
+@pytest.mark.parametrize("name", sorted(SKILLS))
+def test_make_skill_builds_every_listed_skill(name: str) -> None:
+    skill = make_skill(name, np.random.default_rng(0))
+    assert isinstance(skill, Skill)
+    assert skill.name == name
+    assert not skill.done
+
+
+def test_unknown_skill_is_rejected(envs: dict[str, ManipulationEnv]) -> None:
+    with pytest.raises(ValueError, match="unknown skill 'open_top_drawer'"):
+        make_skill("open_top_drawer", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown skill 'open_top_drawer'"):
+        run_skill_episode(envs["drawer"], "open_top_drawer", seed=0)
+
+
+@pytest.mark.parametrize(("noise", "suboptimal_prob"), [(-0.1, 0.0), (0.1, -0.5), (0.1, 1.5)])
+def test_scripted_policy_rejects_bad_noise_settings(noise: float, suboptimal_prob: float) -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="noise >= 0 and 0 <= suboptimal_prob <= 1"):
+        ScriptedPolicy(make_skill("grasp_from_drawer", rng), rng, noise=noise, suboptimal_prob=suboptimal_prob)
+
+
+# -- success-rate regression net (the 100-episode figure is a benchmark, not a test) ---------------------------------
+@pytest.mark.parametrize("name", GOAL_DIRECTED)
+def test_skill_succeeds_on_most_seeds(envs: dict[str, ManipulationEnv], name: str) -> None:
+    setting = SKILLS[name]
+    env = envs[setting.scene]
+    results = [run_skill_episode(env, name, seed=seed, noise=0.1) for seed in SEEDS]
+    for result in results:
+        assert result.initial_condition == setting.initial_condition
+        assert result.steps == env.scene.horizons[setting.initial_condition]
+        assert result.ever_task_success or not result.task_success
+        if name in TASK_LEVEL:
+            assert result.success == result.task_success, f"{name}, seed {result.seed}"
+    successes = sum(result.success for result in results)
+    assert successes >= 4, f"{name}: {successes}/{len(SEEDS)} seeds succeeded"
+
+
+def test_random_exploration_has_no_success_verdict(envs: dict[str, ManipulationEnv]) -> None:
+    assert not make_skill("random_exploration", np.random.default_rng(0)).has_goal
+    for scene, condition in (("drawer", "closed"), ("pick_place", "on_table")):
+        result = run_skill_episode(envs[scene], "random_exploration", seed=0, initial_condition=condition)
+        assert result.success is None
+        assert result.initial_condition == condition
+        assert result.steps == envs[scene].horizon
+
+
+def test_initial_condition_override_is_used(envs: dict[str, ManipulationEnv]) -> None:
+    env = envs["drawer"]
+    result = run_skill_episode(env, "open_bottom_drawer", seed=0, initial_condition="blocked")
+    assert result.initial_condition == "blocked"
+    assert env.initial_condition == "blocked"
+    assert result.steps == env.scene.horizons["blocked"]
+
+
+# -- noise and suboptimal actions ------------------------------------------------------------------------------------
+def test_noise_free_policy_is_deterministic(envs: dict[str, ManipulationEnv]) -> None:
+    """With noise 0 the policy's actions depend on the states alone, whatever its random generator."""
+    states = record_states(envs["drawer"], "open_then_grasp", seed=0)
+    runs = []
+    for rng_seed in (0, 1, 2):
+        rng = np.random.default_rng(rng_seed)
+        runs.append(actions_of(ScriptedPolicy(make_skill("open_then_grasp", rng), rng, noise=0.0), states))
+    for actions in runs[1:]:
+        assert np.array_equal(actions, runs[0])
+    assert runs[0].dtype == np.float32
+    assert np.all(np.abs(runs[0]) <= 1.0)
+    # The contrast: with noise the same states give other actions.
+    rng = np.random.default_rng(0)
+    noisy = actions_of(ScriptedPolicy(make_skill("open_then_grasp", rng), rng, noise=0.1), states)
+    assert not np.array_equal(noisy, runs[0])
+    assert np.all(np.abs(noisy) <= 1.0)
+
+
+def test_noise_free_episodes_repeat_in_fresh_envs() -> None:
+    """`run_skill_episode` with noise 0 in two new envs: same outcome, same recorded frames and renders."""
+    results = []
+    for _ in range(2):
+        env = ManipulationEnv("drawer", render_mode="rgb_array", render_size=64)
+        try:
+            results.append(run_skill_episode(env, "grasp_from_drawer", seed=2, noise=0.0, record=True))
+        finally:
+            env.close()
+    a, b = results
+    assert a.success and b.success
+    assert (a.steps, a.task_success, a.ever_task_success) == (b.steps, b.task_success, b.ever_task_success)
+    assert len(a.frames) == len(a.renders) == a.steps + 1
+    assert a.frames[0].shape == (48, 48, 3)
+    assert a.renders[0].shape == (64, 64, 3)
+    assert all(fa.tobytes() == fb.tobytes() for fa, fb in zip(a.frames, b.frames, strict=True))
+    assert all(ra.tobytes() == rb.tobytes() for ra, rb in zip(a.renders, b.renders, strict=True))
+
+
+def test_nothing_is_recorded_unless_asked(envs: dict[str, ManipulationEnv]) -> None:
+    result = run_skill_episode(envs["drawer"], "grasp_from_drawer", seed=0)
+    assert result.frames == [] and result.renders == []
+
+
+def test_suboptimal_actions_make_open_then_grasp_fail(envs: dict[str, ManipulationEnv]) -> None:
+    results = [run_skill_episode(envs["drawer"], "open_then_grasp", seed=seed, suboptimal_prob=1.0) for seed in SEEDS]
+    successes = sum(result.success for result in results)
+    assert successes <= 1, f"{successes}/{len(SEEDS)} succeeded with random motion on every step"
