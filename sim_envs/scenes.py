@@ -1,6 +1,6 @@
 """The two scenes of COG and Lee et al.: a cabinet with two drawers, and pick-and-place into a tray.
 
-A scene builds its bodies once per physics client, places them for an initial condition on reset, and answers
+A scene builds its bodies into an empty physics world, places them for an initial condition, and answers
 questions about itself (task success, the privileged state). The environment owns the client, the arm and the
 camera; scenes never step the simulation.
 """
@@ -18,9 +18,8 @@ from sim_envs.robot import ASSET_DIR, Arm, BulletClient
 
 PARKED = (-0.3, -0.5)
 """Where an object that is not part of the episode is put (behind the camera), and the position reported for it."""
-SNAPSHOT_SPOTS = ((-3.0, -3.0, 3.0), (-3.0, 3.0, 3.0))
-"""Where free bodies are created, and so where the reset snapshot holds them: apart from each other and from the
-scene, so that no contact exists in the snapshot (see `ManipulationEnv.reset`)."""
+SPAWN_SPOTS = ((-3.0, -3.0, 3.0), (-3.0, 3.0, 3.0))
+"""Where free bodies are created, apart from each other and from the scene, before `reset` places them."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +154,7 @@ class DrawerScene:
     HANDLE_Z = 0.045  # bottom drawer handle height; the top drawer's is 0.069 higher
     TOP_HANDLE_Z = 0.114
     DRAWER_TRAVEL = 0.14
+    BOTTOM_JOINT, TOP_JOINT = 0, 1  # joint (and link) indices in cabinet.urdf
     DRAWER_TOP_Z = 0.072  # top edge of the bottom drawer's walls
     OPEN_THRESHOLD = 0.11  # the bottom drawer counts as open (object reachable) beyond this
     OBJECT_HALF = 0.015
@@ -166,20 +166,23 @@ class DrawerScene:
     BLOCKER_MASS = 0.5
 
     def build(self, client: BulletClient) -> None:
-        _build_table(client)
+        table = _build_table(client)
         self.cabinet = client.loadURDF(
             str(ASSET_DIR / "cabinet.urdf"), basePosition=(self.FRONT, self.CENTER_Y, 0.0), useFixedBase=True
         )
-        self.bottom_joint, self.top_joint = 0, 1
+        # The drawers never touch the table, though their bounding boxes overlap it in every state: skip the pair.
+        for link in (-1, self.BOTTOM_JOINT, self.TOP_JOINT):
+            client.setCollisionFilterPair(table, self.cabinet, -1, link, 0)
+        self.bottom_joint, self.top_joint = self.BOTTOM_JOINT, self.TOP_JOINT
         self.blocker_present = False
         # Drawer slides have some friction so that drawers stay where they are left.
         for joint in (self.bottom_joint, self.top_joint):
             client.setJointMotorControl2(self.cabinet, joint, client.VELOCITY_CONTROL, targetVelocity=0, force=3.0)
             client.changeDynamics(self.cabinet, joint, lateralFriction=1.0)  # pybullet's default is 0.5
         h = self.OBJECT_HALF
-        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SNAPSHOT_SPOTS[0])
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SPAWN_SPOTS[0])
         self.blocker = _box(
-            client, self.BLOCKER_HALF, (0.1, 0.3, 0.95, 1.0), mass=self.BLOCKER_MASS, position=SNAPSHOT_SPOTS[1]
+            client, self.BLOCKER_HALF, (0.1, 0.3, 0.95, 1.0), mass=self.BLOCKER_MASS, position=SPAWN_SPOTS[1]
         )
 
     def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
@@ -282,7 +285,7 @@ class PickPlaceScene:
             str(ASSET_DIR / "tray.urdf"), basePosition=(*self.TRAY_CENTER, 0.0), useFixedBase=True
         )
         h = self.OBJECT_HALF
-        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SNAPSHOT_SPOTS[0])
+        self.object = _box(client, (h, h, h), (0.9, 0.1, 0.1, 1.0), mass=0.05, position=SPAWN_SPOTS[0])
 
     def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
         tray = (self.TRAY_CENTER[0] + rng.uniform(-0.02, 0.02), self.TRAY_CENTER[1] + rng.uniform(-0.02, 0.02), 0.0)

@@ -18,7 +18,7 @@ import sim_envs
 from sim_envs import ACTION_NAMES, ACTION_SCALES, ENV_IDS, STATE_NAMES
 from sim_envs.env import ManipulationEnv
 from sim_envs.scenes import DrawerScene, PickPlaceScene
-from sim_envs.skills import ScriptedPolicy, make_skill, run_skill_episode
+from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill, run_skill_episode
 
 EnvFactory = Callable[..., ManipulationEnv]
 """The `make_env` fixture of conftest.py."""
@@ -675,3 +675,42 @@ def test_blocker_visible_only_when_blocking(make_env: EnvFactory, seed: int) -> 
     env = make_env("drawer", image_size=48)
     assert blue_pixels(reset_to(env, seed, "blocked_by_object")["image"]) >= 3
     assert blue_pixels(reset_to(env, seed, "closed")["image"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("episodes", "steps"),
+    [(8, 25), pytest.param(60, None, marks=pytest.mark.slow)],  # the long one caught a 4-in-60 history dependence
+)
+def test_episodes_do_not_depend_on_the_history_of_the_env(episodes: int, steps: int | None) -> None:
+    """Randomised histories: each episode in a long-lived env equals the same episode in a fresh env.
+
+    Collection spreads episodes over workers differently for different worker counts, so an episode must depend on
+    its seed and actions alone. Scripted skills with suboptimal actions make contact-rich, varied histories.
+    """
+    rng = np.random.default_rng(0)
+    skills = [name for name, s in SKILLS.items() if s.scene == "drawer"]
+
+    def episode(env: ManipulationEnv, seed: int, skill: str, condition: str) -> list[bytes]:
+        policy_rng = np.random.default_rng(seed)
+        policy = ScriptedPolicy(make_skill(skill, policy_rng), policy_rng, noise=0.1, suboptimal_prob=0.2)
+        obs = reset_to(env, seed, condition)
+        out = [obs["state"].tobytes() + obs["privileged"].tobytes()]
+        for _ in range(steps or env.horizon):
+            obs, *_ = env.step(policy(env.scene_state()))
+            out.append(obs["state"].tobytes() + obs["privileged"].tobytes())
+        return out
+
+    long_lived = ManipulationEnv("drawer", include_image=False, privileged_state=True)
+    try:
+        for _ in range(episodes):
+            skill = skills[int(rng.integers(len(skills)))]
+            condition = DrawerScene.initial_conditions[int(rng.integers(4))]
+            seed = int(rng.integers(1000))
+            fresh = ManipulationEnv("drawer", include_image=False, privileged_state=True)
+            try:
+                expected = episode(fresh, seed, skill, condition)
+            finally:
+                fresh.close()
+            assert episode(long_lived, seed, skill, condition) == expected, (skill, condition, seed)
+    finally:
+        long_lived.close()
