@@ -7,11 +7,14 @@ pybullet (the learning core reaches environments through gymnasium ids only).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
+from robot_rl.data.episodes import DatasetError
 from robot_rl.runs import new_run_dir, write_run_record
 
 
@@ -38,7 +41,8 @@ class GalleryConfig:
 
 
 def gallery(cfg: GalleryConfig, prefix: str = "gallery") -> Path:
-    from sim_envs.gallery import scene_grid, skill_videos, write_png
+    from robot_rl.media import write_png
+    from sim_envs.gallery import scene_grid, skill_videos
 
     folder = new_run_dir(cfg.out, prefix)
     write_run_record(folder, prefix, cfg)
@@ -75,9 +79,81 @@ def demo(cfg: DemoConfig) -> Path:
     return gallery(cfg, prefix="demo")
 
 
+@dataclass(frozen=True)
+class CollectConfig:
+    """Collect a scripted dataset from a recipe, in worker processes; rerunning resumes an interrupted collection."""
+
+    recipe: tyro.conf.Positional[Path]
+    """Recipe file, e.g. datasets/recipes/drawer-closed-prior.yaml."""
+    scale: Literal["smoke", "small", "paper"] = "small"
+    """How many episodes: the recipe gives a count for each scale."""
+    workers: int | None = None
+    """Worker processes (default: one per CPU core)."""
+    root: Path = Path("datasets")
+    """Folder the dataset is written into, as ROOT/<recipe name>-<scale>-v0."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def collect(cfg: CollectConfig) -> Path:
+    from robot_rl.data.inspect import dataset_stats, format_stats
+    from sim_envs.collect import collect as run_collection
+    from sim_envs.collect import load_recipe
+
+    recipe = load_recipe(cfg.recipe)
+    try:
+        result = run_collection(recipe, cfg.scale, cfg.root, workers=cfg.workers, progress=cfg.progress)
+    except KeyboardInterrupt:
+        print(
+            "\nrobot-rl: collection interrupted; finished episodes are kept. Run the same command again to resume.",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    rate = result.transitions * result.collected_now / max(result.episodes, 1) / max(result.seconds, 1e-9)
+    print(
+        f"\n{result.folder}: {result.episodes} episodes, {result.transitions} transitions "
+        f"({result.collected_now} episodes collected now in {result.seconds:.1f} s, ~{rate:.0f} transitions/s)\n"
+    )
+    print(format_stats(dataset_stats(result.folder)))
+    return result.folder
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """Validate a dataset and summarise it: statistics, an image grid and a video of a few episodes."""
+
+    dataset: tyro.conf.Positional[Path]
+    """Dataset folder, e.g. datasets/drawer-closed-prior-small-v0."""
+    check: bool = False
+    """Only validate (exit status 2 and the problems on stderr if invalid)."""
+    out: Path | None = None
+    """Where the statistics, grid and video go (default: DATASET/inspect)."""
+
+
+def inspect(cfg: InspectConfig) -> None:
+    from robot_rl.data.inspect import format_stats, inspect_dataset
+    from robot_rl.data.validate import validate_dataset
+
+    if cfg.check:
+        report = validate_dataset(cfg.dataset)
+        print(f"{cfg.dataset}: valid ({report.episodes} episodes, {report.transitions} transitions)")
+        return
+    stats, paths = inspect_dataset(cfg.dataset, cfg.out)
+    print(format_stats(stats))
+    print("\n" + "\n".join(f"{kind + ':':<7} {path}" for kind, path in paths.items()))
+
+
 def main(args: list[str] | None = None) -> None:
+    try:
+        _dispatch(args)
+    except DatasetError as e:
+        print(f"robot-rl: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _dispatch(args: list[str] | None) -> None:
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {"demo": DemoConfig, "gallery": GalleryConfig},
+        {"demo": DemoConfig, "gallery": GalleryConfig, "collect": CollectConfig, "inspect": InspectConfig},
         prog="robot-rl",
         description="robot-rl: offline RL with skill stitching (COG), online fine-tuning, and a ROS 2 robot path.",
         args=args,
@@ -87,5 +163,9 @@ def main(args: list[str] | None = None) -> None:
             demo(cfg)
         case GalleryConfig():
             gallery(cfg)
+        case CollectConfig():
+            collect(cfg)
+        case InspectConfig():
+            inspect(cfg)
         case _:
             raise AssertionError(f"no command for {type(cfg).__name__}")

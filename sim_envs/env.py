@@ -239,6 +239,11 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             self.client = None  # type: ignore[assignment]
 
     # -- introspection -------------------------------------------------------------------------------------------
+    @staticmethod
+    def conditions_of(scene: str) -> tuple[str, ...]:
+        """The initial conditions a scene offers."""
+        return make_scene(scene).initial_conditions
+
     def scene_state(self) -> SceneState:
         """The privileged state of the scene as of the last reset or step (what scripted skills read)."""
         if self._state is None:

@@ -1,0 +1,302 @@
+"""Scripted data collection: recipes (YAML) -> episodes in worker processes -> a Minari dataset.
+
+A recipe names a scene, a mixture of (skill, initial condition, suboptimal fraction) entries with weights, the
+action noise, a seed and the number of episodes at each scale. Episode i draws its seed from the recipe's seed and
+i alone (`numpy.random.SeedSequence`), and from that seed its mixture entry, env reset and policy noise; an episode
+also never depends on what its worker ran before (the env rebuilds its world at reset). So the dataset is the same
+whatever the number of workers. Each finished episode is written atomically as a shard; a rerun skips the shards
+already there, so an interrupted collection resumes and loses at most the episodes in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import shutil
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from robot_rl.data.episodes import (
+    SHARD_DIR,
+    DatasetError,
+    DatasetInfo,
+    EpisodeMeta,
+    EpisodeRecord,
+    dataset_dir,
+    finished_indices,
+    read_shard,
+    shard_path,
+    write_minari_dataset,
+    write_shard,
+)
+from sim_envs import ENV_IDS
+from sim_envs.env import ManipulationEnv
+from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill
+
+SCALES = ("smoke", "small", "paper")
+KINDS = ("prior", "task")
+
+
+@dataclass(frozen=True)
+class MixtureEntry:
+    """One component of a recipe's behaviour mixture."""
+
+    skill: str
+    initial_condition: str
+    weight: float
+    suboptimal_prob: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A dataset recipe: what to collect, in what proportions, how much at each scale."""
+
+    name: str
+    kind: str
+    """'prior' (task-agnostic behaviour, rewards ignored when mixed in) or 'task' (the task's sparse reward)."""
+    task: str
+    """The COG task this data serves (e.g. closed_drawer), for people and reports."""
+    scene: str
+    mixture: tuple[MixtureEntry, ...]
+    episodes: dict[str, int]
+    """Episodes at each scale: smoke (seconds, tests), small (minutes, the demo), paper (COG's scale)."""
+    seed: int = 0
+    noise: float = 0.1
+    keep_failed: bool = True
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def dataset_name(self, scale: str) -> str:
+        return f"{self.name}-{scale}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and check a recipe; every problem is reported with the file and the offending entry."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DatasetError(f"{path}: cannot read recipe ({e})") from e
+    if not isinstance(raw, dict):
+        raise DatasetError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = set(raw) - fields
+    if unknown:
+        raise DatasetError(f"{path}: unknown recipe keys {sorted(unknown)}; known: {sorted(fields)}")
+    try:
+        mixture = tuple(MixtureEntry(**entry) for entry in raw.pop("mixture"))
+        recipe = Recipe(mixture=mixture, **raw)
+    except (KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: malformed recipe ({e})") from e
+    check_recipe(recipe, str(path))
+    return recipe
+
+
+def check_recipe(recipe: Recipe, where: str) -> None:
+    if recipe.scene not in ENV_IDS:
+        raise DatasetError(f"{where}: unknown scene {recipe.scene!r}; choose from {sorted(ENV_IDS)}")
+    if recipe.kind not in KINDS:
+        raise DatasetError(f"{where}: kind must be one of {KINDS}, got {recipe.kind!r}")
+    if not recipe.mixture:
+        raise DatasetError(f"{where}: the mixture is empty")
+    conditions = ManipulationEnv.conditions_of(recipe.scene)
+    for i, entry in enumerate(recipe.mixture):
+        if entry.skill not in SKILLS:
+            raise DatasetError(f"{where}: mixture[{i}]: unknown skill {entry.skill!r}; choose from {sorted(SKILLS)}")
+        if entry.skill != "random_exploration" and SKILLS[entry.skill].scene != recipe.scene:
+            raise DatasetError(
+                f"{where}: mixture[{i}]: skill {entry.skill!r} belongs to scene {SKILLS[entry.skill].scene!r}"
+            )
+        if entry.initial_condition not in conditions:
+            raise DatasetError(
+                f"{where}: mixture[{i}]: unknown initial condition {entry.initial_condition!r} for scene "
+                f"{recipe.scene!r}; choose from {conditions}"
+            )
+        if not (entry.weight > 0 and math.isfinite(entry.weight)) or not 0 <= entry.suboptimal_prob <= 1:
+            raise DatasetError(f"{where}: mixture[{i}]: need weight > 0 and 0 <= suboptimal_prob <= 1")
+    missing = set(SCALES) - set(recipe.episodes)
+    if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
+        raise DatasetError(f"{where}: episodes must give a positive count for each of {SCALES}")
+    if recipe.noise < 0:
+        raise DatasetError(f"{where}: noise must be >= 0")
+
+
+def episode_seed(recipe_seed: int, index: int) -> int:
+    """Seed of episode `index`: a function of the recipe's seed and the index alone."""
+    return int(np.random.SeedSequence(recipe_seed, spawn_key=(index,)).generate_state(1)[0])
+
+
+def make_env(recipe: Recipe) -> ManipulationEnv:
+    return ManipulationEnv(recipe.scene, privileged_state=True, **recipe.env_kwargs)
+
+
+def collect_episode(env: ManipulationEnv, recipe: Recipe, index: int) -> EpisodeRecord:
+    """Run episode `index` of `recipe` in `env` and return its arrays (observations T+1) and metadata."""
+    seed = episode_seed(recipe.seed, index)
+    rng = np.random.default_rng(seed)
+    weights = np.array([e.weight for e in recipe.mixture])
+    entry = recipe.mixture[int(rng.choice(len(weights), p=weights / weights.sum()))]
+    skill = make_skill(entry.skill, rng)
+    policy = ScriptedPolicy(skill, rng, noise=recipe.noise, suboptimal_prob=entry.suboptimal_prob)
+    obs, info = env.reset(seed=seed, options={"initial_condition": entry.initial_condition})
+    observations: dict[str, list[Any]] = {key: [value] for key, value in obs.items()}
+    actions, rewards, terminations, truncations = [], [], [], []
+    done = False
+    while not done:
+        action = policy(env.scene_state())
+        obs, reward, terminated, truncated, info = env.step(action)
+        for key, value in obs.items():
+            observations[key].append(value)
+        actions.append(action)
+        rewards.append(reward)
+        terminations.append(terminated)
+        truncations.append(truncated)
+        done = terminated or truncated
+    success = skill.succeeded(env.scene_state()) if skill.has_goal else None
+    return EpisodeRecord(
+        observations={key: np.stack(values) for key, values in observations.items()},
+        actions=np.stack(actions).astype(np.float32),
+        rewards=np.array(rewards, dtype=np.float32),
+        terminations=np.array(terminations, dtype=bool),
+        truncations=np.array(truncations, dtype=bool),
+        meta=EpisodeMeta(
+            index=index,
+            seed=seed,
+            skill=entry.skill,
+            initial_condition=entry.initial_condition,
+            noise=recipe.noise,
+            suboptimal_prob=entry.suboptimal_prob,
+            success=-1 if success is None else int(success),
+            task_success=bool(info["success"]),
+        ),
+    )
+
+
+def _worker(recipe: Recipe, indices: list[int], shard_dir: Path, progress: Any) -> int:
+    """Collect the given episodes into shards, reporting each one's length on `progress`; returns transitions."""
+    env = make_env(recipe)
+    transitions = 0
+    try:
+        for index in indices:
+            record = collect_episode(env, recipe, index)
+            write_shard(shard_dir, record)
+            transitions += record.steps
+            progress.put(record.steps)
+    finally:
+        env.close()
+    return transitions
+
+
+@dataclass
+class CollectionResult:
+    folder: Path
+    episodes: int
+    transitions: int
+    collected_now: int
+    """Episodes collected by this call (the rest were already there from an earlier, interrupted run)."""
+    seconds: float
+
+
+def collect(
+    recipe: Recipe,
+    scale: str,
+    root: Path,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CollectionResult:
+    """Collect `recipe` at `scale` into `root/<name>-<scale>-v0` (resuming from its shards), then write the dataset."""
+    if scale not in SCALES:
+        raise DatasetError(f"unknown scale {scale!r}; choose from {SCALES}")
+    from robot_rl.data.validate import validate_dataset  # collection ends by checking what it wrote
+    from robot_rl.runs import software_versions
+
+    total = recipe.episodes[scale]
+    name = recipe.dataset_name(scale)
+    folder = dataset_dir(root, name)
+    shard_dir = folder / SHARD_DIR
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for stale in shard_dir.glob("*.tmp"):  # writes cut off by an interruption
+        stale.unlink()
+    done = finished_indices(shard_dir)
+    todo = [i for i in range(total) if i not in done]
+    workers = max(1, min(workers or multiprocessing.cpu_count(), len(todo) or 1))
+    start = time.perf_counter()
+    if todo:
+        _run_workers(recipe, name, todo, shard_dir, workers, total, len(done), progress)
+    seconds = time.perf_counter() - start
+
+    env = make_env(recipe)
+    try:
+        spec = env.spec_record().to_dict()
+        observation_space, action_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    env_spec = gym.spec(ENV_IDS[recipe.scene])
+    env_spec = dataclasses.replace(env_spec, kwargs={**env_spec.kwargs, "privileged_state": True, **recipe.env_kwargs})
+    info = DatasetInfo(
+        name=name,
+        kind=recipe.kind,
+        env_id=ENV_IDS[recipe.scene],
+        env_kwargs={"privileged_state": True, **recipe.env_kwargs},
+        env_spec=spec,
+        recipe=recipe.to_dict(),
+        versions=software_versions(),
+        keep_failed=recipe.keep_failed,
+    )
+    records = (read_shard(shard_path(shard_dir, i)) for i in range(total))
+    kept = (r for r in records if recipe.keep_failed or r.meta.success != 0)
+    write_minari_dataset(folder, kept, observation_space, action_space, env_spec, info)  # type: ignore[arg-type]
+    report = validate_dataset(folder)
+    shutil.rmtree(shard_dir)  # everything is in the validated dataset now
+    return CollectionResult(folder, report.episodes, report.transitions, len(todo), seconds)
+
+
+def _run_workers(
+    recipe: Recipe,
+    name: str,
+    todo: list[int],
+    shard_dir: Path,
+    workers: int,
+    total: int,
+    already: int,
+    progress: bool,
+) -> None:
+    """Spread `todo` over worker processes, showing episodes and transitions/s as they finish."""
+    chunks = [todo[w::workers] for w in range(workers)]  # interleaved, so every worker gets a similar mix
+    # "spawn": workers start clean instead of inheriting the parent's state (and any physics client it holds).
+    context = multiprocessing.get_context("spawn")
+    bar = tqdm(total=total, initial=already, desc=name, unit="ep", disable=not progress)
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        queue = manager.Queue()
+        futures = [pool.submit(_worker, recipe, chunk, shard_dir, queue) for chunk in chunks]
+        start, transitions = time.perf_counter(), 0
+        try:
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
+                while not queue.empty():
+                    transitions += queue.get()
+                    bar.update(1)
+                bar.set_postfix_str(f"{transitions / (time.perf_counter() - start):.0f} transitions/s")
+                if any(f.exception() is not None for f in finished):
+                    break
+            for f in futures:
+                if f.done():
+                    f.result()  # re-raise a worker's error here, with its traceback
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            bar.close()

@@ -1,0 +1,234 @@
+"""Collection, validation and inspection of scripted datasets, on real (tiny) collections."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from robot_rl.cli import main
+from robot_rl.data.episodes import DATA_DIR, MAIN_FILE, SHARD_DIR, DatasetError, finished_indices, read_info
+from robot_rl.data.inspect import dataset_stats
+from robot_rl.data.validate import check_compatible, validate_dataset
+from sim_envs.collect import Recipe, _worker, collect, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "datasets" / "recipes"
+
+
+def tiny(recipe: Recipe, episodes: int) -> Recipe:
+    return dataclasses.replace(recipe, episodes={"smoke": episodes, "small": episodes, "paper": episodes})
+
+
+def dataset_arrays(folder: Path) -> dict[str, np.ndarray | object]:
+    """Every array and episode attribute of a dataset, keyed by its HDF5 path."""
+    out: dict[str, np.ndarray | object] = {}
+    with h5py.File(folder / DATA_DIR / MAIN_FILE, "r") as f:
+
+        def visit(name: str, node: h5py.HLObject) -> None:
+            if isinstance(node, h5py.Dataset):
+                out[name] = node[()]
+            for key, value in node.attrs.items():
+                out[f"{name}@{key}"] = value
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same_dataset(a: Path, b: Path) -> None:
+    arrays_a, arrays_b = dataset_arrays(a), dataset_arrays(b)
+    assert arrays_a.keys() == arrays_b.keys()
+    for key, value in arrays_a.items():
+        assert np.array_equal(np.asarray(value), np.asarray(arrays_b[key])), key
+
+
+@pytest.fixture(scope="module")
+def prior_recipe() -> Recipe:
+    return tiny(load_recipe(RECIPES / "drawer-closed-prior.yaml"), 5)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory, prior_recipe: Recipe) -> Path:
+    root = tmp_path_factory.mktemp("one_worker")
+    return collect(prior_recipe, "smoke", root, workers=1, progress=False).folder
+
+
+def test_every_shipped_recipe_loads() -> None:
+    recipes = sorted(RECIPES.glob("*.yaml"))
+    names = {load_recipe(path).name for path in recipes}
+    assert len(names) == len(recipes) == 8
+    kinds = {(load_recipe(p).task, load_recipe(p).kind) for p in recipes}
+    for task in ("closed_drawer", "blocked_drawer", "blocked_by_object_drawer", "pick_place"):
+        assert {(task, "prior"), (task, "task")} <= kinds
+
+
+def test_collection_is_the_same_whatever_the_number_of_workers(
+    tmp_path: Path, prior_recipe: Recipe, collected: Path
+) -> None:
+    two = collect(prior_recipe, "smoke", tmp_path, workers=2, progress=False)
+    assert two.episodes == 5
+    assert_same_dataset(collected, two.folder)
+
+
+def test_collected_dataset_holds_what_the_recipe_says(collected: Path, prior_recipe: Recipe) -> None:
+    report = validate_dataset(collected)
+    info, metadata = read_info(collected)
+    assert report.episodes == metadata["total_episodes"] == 5
+    assert info.kind == "prior" and info.recipe["name"] == prior_recipe.name
+    assert info.action_names == ["dx", "dy", "dz", "dyaw", "gripper"]
+    assert info.image_shape == (48, 48, 3)
+    assert info.versions["pybullet"] != "not installed"
+    assert not (collected / SHARD_DIR).exists()  # shards are removed once the dataset is written and valid
+    mixture = {(m.skill, m.initial_condition) for m in prior_recipe.mixture}
+    with h5py.File(collected / DATA_DIR / MAIN_FILE, "r") as f:
+        for i in range(5):
+            attrs = f[f"episode_{i}"].attrs
+            assert (attrs["skill"], attrs["initial_condition"]) in mixture
+            assert attrs["noise"] == pytest.approx(0.1)
+
+
+def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path, collected: Path) -> None:
+    """SIGINT (Ctrl-C) part-way: finished episodes stay on disk; the same command then completes the dataset."""
+    recipe_path = tmp_path / "recipe.yaml"
+    raw = yaml.safe_load((RECIPES / "drawer-closed-prior.yaml").read_text())
+    raw["episodes"] = {"smoke": 5, "small": 5, "paper": 5}
+    recipe_path.write_text(yaml.safe_dump(raw))
+    command = [sys.executable, "-m", "robot_rl", "collect", str(recipe_path), "--scale", "smoke"]
+    command += ["--root", str(tmp_path), "--workers", "1", "--no-progress"]
+    folder = tmp_path / "drawer-closed-prior-smoke-v0"
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while len(finished_indices(folder / SHARD_DIR)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=30)
+    kept = finished_indices(folder / SHARD_DIR)
+    assert process.returncode != 0
+    assert 2 <= len(kept) < 5, "the interruption should land mid-collection"
+    assert not (folder / DATA_DIR).exists()
+
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    assert_same_dataset(collected, folder)
+
+
+def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, prior_recipe: Recipe) -> None:
+    shard_dir = tmp_path / "drawer-closed-prior-smoke-v0" / SHARD_DIR
+    shard_dir.mkdir(parents=True)
+
+    class Sink:
+        def put(self, _: int) -> None:
+            pass
+
+    _worker(prior_recipe, [0, 3], shard_dir, Sink())
+    (shard_dir / "episode_0000001.npz.tmp").write_bytes(b"half a shard")  # a write cut off mid-way
+    result = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
+    assert result.collected_now == 3
+    assert result.episodes == 5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scene": "kitchen"}, "unknown scene 'kitchen'"),
+        ({"mixture": [{"skill": "juggle", "initial_condition": "closed", "weight": 1.0}]}, "unknown skill 'juggle'"),
+        (
+            {"mixture": [{"skill": "open_bottom_drawer", "initial_condition": "upside_down", "weight": 1.0}]},
+            "unknown initial condition 'upside_down'",
+        ),
+        ({"mixture": [{"skill": "place_in_tray", "initial_condition": "closed", "weight": 1.0}]}, "belongs to scene"),
+        ({"episodes": {"smoke": 1, "small": 0, "paper": 1}}, "positive count"),
+        ({"flavour": "mint"}, "unknown recipe keys"),
+        ({"kind": "both"}, "kind must be one of"),
+    ],
+)
+def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path, change: dict[str, object], message: str) -> None:
+    raw = yaml.safe_load((RECIPES / "drawer-closed-prior.yaml").read_text())
+    raw.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DatasetError, match=message) as error:
+        load_recipe(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_truncated_file_is_reported_and_nothing_else_is_touched(tmp_path: Path, collected: Path) -> None:
+    copy = tmp_path / collected.name
+    shutil.copytree(collected, copy)
+    main_file = copy / DATA_DIR / MAIN_FILE
+    size = main_file.stat().st_size
+    with open(main_file, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(DatasetError, match="truncated or corrupt"):
+        validate_dataset(copy)
+    assert (copy / DATA_DIR / "metadata.json").read_text() == (collected / DATA_DIR / "metadata.json").read_text()
+
+
+def test_nan_actions_are_reported_with_their_episode(tmp_path: Path, collected: Path) -> None:
+    copy = tmp_path / collected.name
+    shutil.copytree(collected, copy)
+    with h5py.File(copy / DATA_DIR / MAIN_FILE, "r+") as f:
+        f["episode_3/actions"][7, 2] = np.nan
+    with pytest.raises(DatasetError, match="episode 3: actions contain NaN"):
+        validate_dataset(copy)
+
+
+def test_broken_episode_boundaries_and_shapes_are_reported(tmp_path: Path, collected: Path) -> None:
+    copy = tmp_path / collected.name
+    shutil.copytree(collected, copy)
+    with h5py.File(copy / DATA_DIR / MAIN_FILE, "r+") as f:
+        f["episode_1/truncations"][10] = True
+        del f["episode_2/observations/state"]
+        f["episode_2/observations"].create_dataset("state", data=np.zeros((3, 5), np.float32))
+    with pytest.raises(DatasetError) as error:
+        validate_dataset(copy)
+    assert "episode 1: episode boundary wrong" in str(error.value)
+    assert "episode 2: observations/state has shape (3, 5)" in str(error.value)
+
+
+def test_datasets_that_differ_cannot_be_combined(tmp_path: Path, collected: Path) -> None:
+    pick = collect(tiny(load_recipe(RECIPES / "pickplace-task.yaml"), 2), "smoke", tmp_path, 1, False).folder
+    big = dataclasses.replace(tiny(load_recipe(RECIPES / "drawer-closed-task.yaml"), 2), env_kwargs={"image_size": 64})
+    big_images = collect(big, "smoke", tmp_path, 1, False).folder
+    infos = [read_info(p)[0] for p in (collected, pick, big_images)]
+    check_compatible([infos[0], infos[0]], [collected, collected])
+    with pytest.raises(DatasetError, match="scene differ"):
+        check_compatible([infos[0], infos[1]], [collected, pick])
+    with pytest.raises(DatasetError, match="image shape differ"):
+        check_compatible([infos[0], infos[2]], [collected, big_images])
+
+
+def test_stats_and_inspect_command(tmp_path: Path, collected: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    stats = dataset_stats(collected)
+    assert stats.episodes == 5 and stats.transitions == sum(s.mean_steps * s.episodes for s in stats.per_skill.values())
+    assert 0 < stats.bytes_per_transition < 7500
+    assert all(-1.0 <= lo <= hi <= 1.0 for lo, hi in zip(stats.action_min, stats.action_max, strict=True))
+    main(["inspect", str(collected), "--out", str(tmp_path / "inspect")])
+    printed = capsys.readouterr().out
+    assert "5 episodes" in printed and "bytes per transition" in printed
+    for name in ("stats.json", "frames.png", "episodes.mp4"):
+        assert (tmp_path / "inspect" / name).stat().st_size > 0
+    main(["inspect", str(collected), "--check"])
+    assert "valid" in capsys.readouterr().out
+
+
+def test_inspect_check_exits_2_with_the_problem_on_stderr(
+    tmp_path: Path, collected: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / collected.name
+    shutil.copytree(collected, copy)
+    with h5py.File(copy / DATA_DIR / MAIN_FILE, "r+") as f:
+        f["episode_0/rewards"][0] = np.inf
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", str(copy), "--check"])
+    assert exit_info.value.code == 2
+    assert "episode 0: rewards contain NaN or inf" in capsys.readouterr().err
