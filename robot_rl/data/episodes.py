@@ -177,6 +177,7 @@ def write_minari_dataset(
     from minari import __version__ as minari_version
     from minari.dataset.minari_storage import MinariStorage
 
+    folder = folder.resolve()  # minari's get_size() joins paths wrongly for relative folders
     final, tmp = folder / DATA_DIR, folder / (DATA_DIR + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
