@@ -44,14 +44,14 @@ STEPS = 50
 KEYS = ("image", "state")
 """What an image run loads (the synthetic data has no privileged state)."""
 TARGETS = {
-    "drawer_collect_transitions_per_s_per_worker_1w": 250.0,
-    "drawer_collect_transitions_per_s_per_worker_2w": 250.0,
-    "drawer_bytes_per_transition": 7500.0,
-    "pick_place_bytes_per_transition": 7500.0,
-    "load_100k_first_s": 5.0,
-    "load_100k_cached_s": 1.0,
-    "batch256_sample_ms": 1.0,
-    "batch256_sample_ms_100k": 1.0,
+    "drawer_collect_transitions_per_s_per_worker_1w": ">= 250",
+    "drawer_collect_transitions_per_s_per_worker_2w": ">= 250",
+    "drawer_bytes_per_transition": "<= 7500",
+    "pick_place_bytes_per_transition": "<= 7500",
+    "load_100k_first_s": "< 5",
+    "load_100k_cached_s": "< 1",
+    "batch256_sample_ms": "< 1",
+    "batch256_sample_ms_100k": "< 1",
 }
 """The issue's targets; a metric without one is informative only."""
 
@@ -252,10 +252,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="data_pipeline_") as tmp:
         results.update(bench_sampling(Path(tmp), args.calls, args.frames_on_disk))
 
-    print(f"{'metric':<38} {'ours':>10} {'target':>10}")
+    print(f"{'metric':<50} {'ours':>10} {'target':>10}")
     for key, value in results.items():
         target = TARGETS.get(key)
-        print(f"{key:<38} {value:>10} {'' if target is None else f'< {target}':>10}")
+        print(f"{key:<50} {value:>10} {target or '':>10}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
