@@ -1,0 +1,119 @@
+"""Training speed of image CQL: gradient steps per second, peak memory and parameter counts.
+
+COG's architecture (three 3x3 conv layers of 16 channels, max-pooling after the first two, heads 1024-512-256),
+48x48 images plus the 5-dim proprioceptive state, the envs' 5-dim action, twin critics; 1 and 10 sampled actions
+for the conservative term, batch 256 and 64. Each setting: a fresh agent, `--warmup` updates, then the median of
+`--repeats` timings of `--steps` updates on one fixed batch (batch transfer and augmentation included, sampling from
+replay not). CPU runs use `--threads` torch threads (default 2, this machine's cores; stated in the JSON); on CUDA,
+steps are timed with synchronisation. Peak memory: CUDA's max allocated, or the process's peak RSS on CPU.
+
+    python benchmarks/train_speed.py [--out FILE.json] [--threads 2] [--device cpu|cuda] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robot_rl.algos.batch import to_torch
+from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.data.replay import Batch, Observation
+
+IMAGE = (48, 48, 3)
+STATE_DIM = 5
+ACTION_DIM = 5
+# The reference implementations as measured on this machine (issue 4): steps/s.
+REFERENCE = {
+    "cog_batch256_k1": 0.46,
+    "cog_batch64_k1": 2.04,
+    "cog_batch256_k10": 1 / 26.0,
+    "d3rlpy_batch256_k10": 0.70,
+    "d3rlpy_batch64_k10": 3.73,
+}
+
+
+def synthetic_batch(size: int, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+
+    def obs() -> Observation:
+        images = rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8)
+        return Observation(images, rng.standard_normal((size, STATE_DIM)).astype(np.float32), None)
+
+    actions = rng.uniform(-1, 1, (size, ACTION_DIM)).astype(np.float32)
+    rewards = rng.integers(0, 2, size).astype(np.float32)
+    return Batch(obs(), actions, rewards, obs(), np.zeros(size, bool), np.zeros(size, bool))
+
+
+def measure(device: torch.device, batch_size: int, k: int, steps: int, repeats: int, warmup: int) -> float:
+    agent = CQL(CQLConfig(sampled_actions=k), IMAGE, STATE_DIM, ACTION_DIM, device=device)
+    batch = synthetic_batch(batch_size)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        agent.update(to_torch(batch, device, augment_pad=4, generator=generator))
+
+    for _ in range(warmup):
+        step()
+    rates = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (set explicitly, see README)")
+    parser.add_argument("--steps", type=int, default=3, help="updates per timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    agent = CQL(CQLConfig(), IMAGE, STATE_DIM, ACTION_DIM)
+    results: dict[str, float | str] = {
+        "device": device.type,
+        "torch_threads": args.threads,
+        "q_params_per_member": sum(p.numel() for p in agent.q.parameters()) // agent.cfg.critics,
+        "policy_params": sum(p.numel() for p in agent.actor.parameters()),
+    }
+    del agent
+    for k in (1, 10):
+        for batch_size in (256, 64):
+            rate = measure(device, batch_size, k, args.steps, args.repeats, args.warmup)
+            results[f"cql_batch{batch_size}_k{k}_steps_per_s"] = round(rate, 3)
+            ref = REFERENCE.get(f"cog_batch{batch_size}_k{k}")
+            if ref:
+                results[f"cql_batch{batch_size}_k{k}_vs_cog"] = round(rate / ref, 2)
+    if device.type == "cuda":
+        results["peak_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    else:
+        results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    print(f"{'metric':<34} {'ours':>12}")
+    for key, value in results.items():
+        print(f"{key:<34} {value!s:>12}")
+    print("reference steps/s (issue 4): " + ", ".join(f"{k} {v:.3g}" for k, v in REFERENCE.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Learning algorithms, each readable top to bottom in one file."""

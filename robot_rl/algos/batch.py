@@ -1,0 +1,90 @@
+"""Replay batches on the training device: uint8 HWC images become float CHW in [0, 1], optionally shifted."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from robot_rl.data.replay import Batch
+
+
+class TorchObs(NamedTuple):
+    image: Tensor | None
+    """(B, C, H, W) float in [0, 1]."""
+    state: Tensor
+    """(B, S)."""
+
+
+class TorchBatch(NamedTuple):
+    obs: TorchObs
+    action: Tensor
+    reward: Tensor
+    next_obs: TorchObs
+    terminated: Tensor
+    """(B,) float: 1 where the episode ended in a terminal state (no bootstrap)."""
+    truncated: Tensor
+    """(B,) float: 1 where the episode was cut by its time limit (bootstrap as usual); kept for logging."""
+
+
+def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+    """Pad by `pad` pixels (edge-replicated) and crop back at a random offset, one offset per image (DrQ-style).
+
+    images (B, C, H, W) -> (B, C, H, W); integer pixel shifts, gathered with one advanced index (no loop).
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")  # (B, C, H+2p, W+2p)
+    shifts = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device="cpu").to(images.device)  # (B, 2)
+    rows = shifts[:, :1] + torch.arange(h, device=images.device)  # (B, H)
+    cols = shifts[:, 1:] + torch.arange(w, device=images.device)  # (B, W)
+    batch = torch.arange(b, device=images.device)[:, None, None]  # (B, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def _image(images: np.ndarray | None, device: torch.device) -> Tensor | None:
+    if images is None:
+        return None
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _observation(images: np.ndarray | None, state: np.ndarray, device: torch.device) -> TorchObs:
+    return TorchObs(_image(images, device), torch.from_numpy(state).to(device))
+
+
+def to_torch(
+    batch: Batch,
+    device: torch.device,
+    augment_pad: int = 0,
+    generator: torch.Generator | None = None,
+    use_privileged: bool = False,
+) -> TorchBatch:
+    """Move a replay batch to `device`; with `augment_pad` > 0, shift every image independently.
+
+    `use_privileged` appends the privileged state to the proprioceptive state (state-mode experiments).
+    """
+
+    def state_of(obs: object) -> np.ndarray:
+        state, privileged = obs.state, obs.privileged  # type: ignore[attr-defined]
+        if use_privileged:
+            if privileged is None:
+                raise ValueError("use_privileged is set but the batch has no privileged state")
+            return np.concatenate([state, privileged], axis=1)
+        return state  # type: ignore[no-any-return]
+
+    obs = _observation(batch.obs.image, state_of(batch.obs), device)
+    next_obs = _observation(batch.next_obs.image, state_of(batch.next_obs), device)
+    if augment_pad > 0 and obs.image is not None and next_obs.image is not None:
+        obs = obs._replace(image=random_shift(obs.image, augment_pad, generator))
+        next_obs = next_obs._replace(image=random_shift(next_obs.image, augment_pad, generator))
+    return TorchBatch(
+        obs=obs,
+        action=torch.from_numpy(batch.action).to(device),
+        reward=torch.from_numpy(batch.reward).to(device),
+        next_obs=next_obs,
+        terminated=torch.from_numpy(batch.terminated).to(device).float(),
+        truncated=torch.from_numpy(batch.truncated).to(device).float(),
+    )

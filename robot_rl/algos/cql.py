@@ -1,0 +1,220 @@
+"""Conservative Q-Learning on SAC, CQL(H) (Kumar et al., NeurIPS 2020, https://arxiv.org/abs/2006.04779).
+
+COG (Singh et al., CoRL 2020) is this algorithm trained on batches mixed from task and prior data (prior rewards
+relabelled to 0); the mixing lives in the samplers, not here.
+
+Critic ensemble Q_1..Q_N with targets Qbar_n, tanh-Gaussian policy pi, entropy temperature alpha. For a batch of
+(s, a, r, s', d) with d = terminated (truncation bootstraps as usual):
+
+    y = r + gamma (1 - d) (min_n Qbar_n(s', a') - [entropy backup] alpha log pi(a'|s')),  a' ~ pi(.|s')
+    L_TD(Q_n) = mean (Q_n(s, a) - y)^2
+    L_CQL(Q_n) = mean_s [ log sum_j exp(Q_n(s, a_j) - log w_j) ] - mean Q_n(s, a)
+      over K uniform actions (w = 2^-A, the uniform density on [-1,1]^A), K actions from pi(.|s) and K from
+      pi(.|s') (w = their policy density); the log-sum-exp estimates log int exp Q(s, a) da (CQL(H), eq. 4,
+      importance sampled as in the authors' code)
+    L_critic = sum_n L_TD(Q_n) + w_cql L_CQL(Q_n),  w_cql fixed or alpha' (Lagrange): alpha' (L_CQL - tau)
+    L_actor = mean alpha log pi(a~|s) - min_n Q_n(s, a~),  a~ ~ pi(.|s)   (BC warm start: log pi(a|s) in place of Q)
+    L_alpha = -mean log alpha (log pi(a~|s) + target entropy)
+
+Each observation is encoded once per network and its features are reused for every action it is paired with.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from robot_rl.algos.batch import TorchBatch
+from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
+
+
+@dataclass(frozen=True)
+class CQLConfig:
+    """CQL(H) on SAC. Defaults follow COG's image experiments where they state them."""
+
+    discount: float = 0.99
+    """gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    critics: int = 2
+    """Members of the critic ensemble (twin by default)."""
+    hidden: tuple[int, ...] = (1024, 512, 256)
+    """Hidden layers of the critic and actor heads (COG)."""
+    conv: ConvConfig = field(default_factory=ConvConfig)
+    """Image encoder of each network (COG's by default)."""
+    actor_lr: float = 1e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 1e-4
+    init_alpha: float = 1.0
+    target_entropy: float | None = None
+    """Target policy entropy; None means -A (SAC's heuristic)."""
+    cql_weight: float = 1.0
+    """w_cql, the conservative term's weight (the start value of alpha' with `lagrange`)."""
+    lagrange: bool = False
+    """Tune the conservative weight alpha' by dual gradient descent against `target_gap`."""
+    target_gap: float = 10.0
+    """tau of the Lagrange version: the aimed-for gap between the log-sum-exp and the data's Q."""
+    sampled_actions: int = 1
+    """K: uniform and policy actions sampled per observation for the conservative term (COG 1, CQL paper 10)."""
+    backup: Literal["entropy", "deterministic"] = "deterministic"
+    """Entropy term in the TD target or not (COG: deterministic)."""
+    bc_warm_start_steps: int = 0
+    """Train the actor by behaviour cloning for this many first updates (COG: 10000)."""
+
+
+def critic_loss(
+    q: QEnsemble,
+    q_target: QEnsemble,
+    actor: TanhGaussianActor,
+    actor_features: Tensor,
+    batch: TorchBatch,
+    alpha: Tensor,
+    cql_weight: Tensor,
+    cfg: CQLConfig,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
+    """L_critic (see the module docstring). `actor_features` (B, Fa) are the actor's features of s (used detached
+    here). Returns (loss, the conservative term per member (N,), the critic's detached features of s (N, B, F) for
+    the actor's loss, metrics)."""
+    k, a_dim = cfg.sampled_actions, q.action_dim
+    actor_features = actor_features.detach()
+    with torch.no_grad():
+        next_actor_features = actor.encode(batch.next_obs.image, batch.next_obs.state)  # (B, Fa)
+        next_action, next_log_prob = actor.sample(next_actor_features, 1)  # (B, 1, A), (B, 1)
+        next_q = q_target.q(q_target.encode(batch.next_obs.image, batch.next_obs.state), next_action)  # (N, B, 1)
+        next_v = next_q.min(dim=0).values.squeeze(-1)  # (B,)
+        if cfg.backup == "entropy":
+            next_v = next_v - alpha * next_log_prob.squeeze(-1)
+        target = batch.reward + cfg.discount * (1.0 - batch.terminated) * next_v  # (B,)
+
+        policy_actions, policy_log_prob = actor.sample(actor_features, k)  # (B, K, A), (B, K)
+        next_policy_actions, next_policy_log_prob = actor.sample(next_actor_features, k)  # (B, K, A), (B, K)
+        b = batch.action.shape[0]
+        uniform = torch.rand(b, k, a_dim, device=batch.action.device) * 2 - 1  # (B, K, A)
+
+    features = q.encode(batch.obs.image, batch.obs.state)  # (N, B, F): once for all 1 + 3K actions
+    actions = torch.cat([batch.action.unsqueeze(1), uniform, policy_actions, next_policy_actions], dim=1)
+    q_all = q.q(features, actions)  # (N, B, 1 + 3K)
+    q_data = q_all[:, :, 0]  # (N, B)
+    td = (q_data - target.unsqueeze(0)).pow(2).mean(dim=1)  # (N,)
+
+    log_density = torch.cat(
+        [
+            torch.full((b, k), -a_dim * math.log(2.0), device=q_all.device),  # uniform on [-1, 1]^A
+            policy_log_prob,
+            next_policy_log_prob,
+        ],
+        dim=1,
+    )  # (B, 3K)
+    logsumexp = torch.logsumexp(q_all[:, :, 1:] - log_density.unsqueeze(0), dim=2)  # (N, B)
+    conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N,)
+    penalty = cql_weight * (conservative - cfg.target_gap) if cfg.lagrange else cql_weight * conservative
+    loss = (td + penalty).sum()
+    metrics = {
+        "critic/td_loss": td.mean().item(),
+        "critic/cql_gap": conservative.mean().item(),
+        "critic/q_data": q_data.mean().item(),
+        "critic/target": target.mean().item(),
+    }
+    return loss, conservative, features.detach(), metrics
+
+
+def actor_loss(
+    q: QEnsemble,
+    actor: TanhGaussianActor,
+    features: Tensor,
+    critic_features: Tensor,
+    batch: TorchBatch,
+    alpha: Tensor,
+    bc: bool,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """L_actor; with `bc`, the BC warm start. `features` (B, Fa) are the actor's features of s (with gradient);
+    `critic_features` (N, B, F) the critic's, detached, so that only the actor is trained by this loss. Returns
+    (loss, log pi of the sampled actions (B,), metrics)."""
+    action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
+    log_prob = log_prob.squeeze(1)
+    # BC warm start: the data's log-likelihood in place of the critic's value.
+    value = actor.log_prob(features, batch.action) if bc else q.q(critic_features, action).min(dim=0).values[:, 0]
+    loss = (alpha.detach() * log_prob - value).mean()
+    return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
+
+
+def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> tuple[Tensor, dict[str, float]]:
+    """L_alpha: raise alpha when the policy's entropy is below the target, lower it when above."""
+    loss = -(log_alpha * (log_prob + target_entropy)).mean()
+    return loss, {"alpha/value": log_alpha.exp().item()}
+
+
+class CQL:
+    """The CQL agent: networks, targets, temperatures and optimisers; `update` takes one gradient step of each."""
+
+    def __init__(
+        self,
+        cfg: CQLConfig,
+        image_shape: tuple[int, int, int] | None,
+        state_dim: int,
+        action_dim: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        self.q = QEnsemble(cfg.critics, image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
+        if cfg.lagrange and cfg.cql_weight <= 0:
+            raise ValueError(f"with lagrange, cql_weight is alpha' and must be > 0, got {cfg.cql_weight}")
+        # alpha' is a parameter only when tuned (log of the weight, so that it stays positive); a fixed weight may
+        # be 0, which makes this plain SAC on offline data.
+        log_weight = math.log(cfg.cql_weight) if cfg.lagrange else 0.0
+        self.log_cql_weight = nn.Parameter(torch.tensor(log_weight, device=self.device))
+        self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
+        self.critic_optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.cql_weight_optimizer = torch.optim.Adam([self.log_cql_weight], lr=cfg.critic_lr)
+        self.steps = 0
+
+    def update(self, batch: TorchBatch) -> dict[str, float]:
+        cfg = self.cfg
+        alpha = self.log_alpha.exp().detach()
+        cql_weight = self.log_cql_weight.exp().clamp(max=1e6) if cfg.lagrange else torch.tensor(cfg.cql_weight)
+        # The actor's features of s, computed once: detached for the critic's policy samples, with gradient for
+        # the actor's loss (the actor does not change before its own step).
+        actor_features = self.actor.encode(batch.obs.image, batch.obs.state)  # (B, Fa)
+        loss, conservative, features, metrics = critic_loss(
+            self.q, self.q_target, self.actor, actor_features, batch, alpha, cql_weight.detach(), cfg
+        )
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_optimizer.step()
+
+        a_loss, log_prob, a_metrics = actor_loss(
+            self.q, self.actor, actor_features, features, batch, alpha, bc=self.steps < cfg.bc_warm_start_steps
+        )
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.actor_optimizer.step()
+
+        t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob, self.target_entropy)
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        t_loss.backward()
+        self.alpha_optimizer.step()
+
+        if cfg.lagrange:
+            # Dual ascent on alpha': it grows while the gap exceeds target_gap.
+            weight = self.log_cql_weight.exp().clamp(max=1e6)
+            w_loss = -(weight * (conservative.detach() - cfg.target_gap)).mean()
+            self.cql_weight_optimizer.zero_grad(set_to_none=True)
+            w_loss.backward()
+            self.cql_weight_optimizer.step()
+            metrics["critic/cql_weight"] = weight.item()
+
+        with torch.no_grad():
+            for p, p_target in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
+                p_target.lerp_(p, cfg.tau)
+        self.steps += 1
+        return {**metrics, "critic/loss": loss.item(), **a_metrics, **t_metrics}

@@ -1,0 +1,385 @@
+"""Tests of `robot_rl.algos.cql`: the CQL(H) critic loss against a hand computation of its equation, the agent's
+update contract (every parameter moves, targets by the Polyak rule, the Lagrange weight's direction, the BC warm
+start) and a one-step bandit whose Q-values are known.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from robot_rl.algos import cql
+from robot_rl.algos.batch import TorchBatch, TorchObs
+from robot_rl.algos.cql import CQL, CQLConfig, critic_loss
+from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
+
+S, A, B, K = 2, 1, 6, 2
+"""State and action dimensions, batch size and sampled actions per observation of the hand-checked loss."""
+SampleFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One thread and a fixed seed: fast and reproducible on a small CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+def make_batch(
+    size: int = B,
+    state_dim: int = S,
+    action_dim: int = A,
+    image: tuple[int, int, int] | None = None,
+    terminated: list[float] | None = None,
+    truncated: list[float] | None = None,
+) -> TorchBatch:
+    """A random batch; s and s' differ, so that a mix-up of the two shows."""
+
+    def obs() -> TorchObs:
+        pixels = torch.rand(size, image[2], image[0], image[1]) if image is not None else None
+        return TorchObs(pixels, torch.randn(size, state_dim))
+
+    return TorchBatch(
+        obs=obs(),
+        action=torch.rand(size, action_dim) * 2 - 1,
+        reward=torch.randn(size),
+        next_obs=obs(),
+        terminated=torch.tensor(terminated if terminated is not None else [0.0] * size),
+        truncated=torch.tensor(truncated if truncated is not None else [0.0] * size),
+    )
+
+
+def state_networks(members: int = 2) -> tuple[QEnsemble, QEnsemble, TanhGaussianActor]:
+    """Tiny state-only critic, a target critic that differs from it, and an actor."""
+    q = QEnsemble(members, None, S, A, hidden=(4,))
+    q_target = copy.deepcopy(q)
+    with torch.no_grad():
+        for p in q_target.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return q, q_target, TanhGaussianActor(None, S, A, hidden=(4,))
+
+
+class Draws:
+    """Fixed stand-ins for the loss's random draws: the actor's samples at s and s' (by K) and the uniform actions.
+
+    `sample` recognises s and s' by their features (a state-only actor's features are the state), so the stand-in
+    does not depend on the order in which the loss draws.
+    """
+
+    def __init__(self, batch: TorchBatch) -> None:
+        self.batch = batch
+        self.uniform01 = torch.rand(B, K, A)  # what torch.rand returns; the loss maps it to 2u - 1
+        self.policy = {
+            (where, k): (torch.rand(B, k, A) * 1.8 - 0.9, torch.rand(B, k) * 3 - 1)  # actions, log pi
+            for where in ("s", "s'")
+            for k in (1, K)
+        }
+
+    def sample(self, features: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        if torch.equal(features, self.batch.obs.state):
+            return self.policy[("s", k)]
+        assert torch.equal(features, self.batch.next_obs.state), "sampled at neither s nor s'"
+        return self.policy[("s'", k)]
+
+    def rand(self, *size: int, **kwargs: Any) -> Tensor:
+        assert tuple(size) == (B, K, A), size
+        return self.uniform01.clone()
+
+
+def patched_critic_loss(
+    monkeypatch: pytest.MonkeyPatch,
+    draws: Draws,
+    q: QEnsemble,
+    q_target: QEnsemble,
+    actor: TanhGaussianActor,
+    batch: TorchBatch,
+    alpha: float,
+    weight: float,
+    cfg: CQLConfig,
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """`critic_loss` with its random draws replaced by `draws`: (loss, conservative term (N,), metrics)."""
+    with monkeypatch.context() as m:
+        m.setattr(actor, "sample", draws.sample)
+        m.setattr(torch, "rand", draws.rand)
+        features = actor.encode(batch.obs.image, batch.obs.state)
+        loss, conservative, _, metrics = critic_loss(
+            q, q_target, actor, features, batch, torch.tensor(alpha), torch.tensor(weight), cfg
+        )
+    return loss, conservative, metrics
+
+
+def reference_critic_loss(
+    draws: Draws,
+    q: QEnsemble,
+    q_target: QEnsemble,
+    batch: TorchBatch,
+    alpha: float,
+    weight: float,
+    cfg: CQLConfig,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The module docstring's L_critic, one action at a time through the networks' forward: (loss, conservative
+    term (N,), target y (B,))."""
+    s, s_next = batch.obs.state, batch.next_obs.state
+    with torch.no_grad():
+        next_action, next_log_prob = draws.policy[("s'", 1)]
+        next_v = q_target(None, s_next, next_action[:, 0]).min(dim=0).values  # (B,)
+        if cfg.backup == "entropy":
+            next_v = next_v - alpha * next_log_prob[:, 0]
+        y = batch.reward + cfg.discount * (1 - batch.terminated) * next_v
+    q_data = q(None, s, batch.action)  # (N, B)
+    uniform = draws.uniform01 * 2 - 1
+    policy, policy_log_prob = draws.policy[("s", K)]
+    next_policy, next_policy_log_prob = draws.policy[("s'", K)]
+    terms = []  # Q(s, a_j) - log w_j, every a_j evaluated at s
+    for j in range(K):
+        terms.append(q(None, s, uniform[:, j]) - (-A * math.log(2)))
+        terms.append(q(None, s, policy[:, j]) - policy_log_prob[:, j])
+        terms.append(q(None, s, next_policy[:, j]) - next_policy_log_prob[:, j])
+    logsumexp = torch.logsumexp(torch.stack(terms, dim=-1), dim=-1)  # (N, B)
+    conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N,)
+    td = ((q_data - y) ** 2).mean(dim=1)  # (N,)
+    return (td + weight * conservative).sum(), conservative, y
+
+
+def snapshot(agent: CQL) -> dict[str, dict[str, Tensor]]:
+    return {
+        "q": {k: v.detach().clone() for k, v in agent.q.named_parameters()},
+        "q_target": {k: v.detach().clone() for k, v in agent.q_target.named_parameters()},
+        "actor": {k: v.detach().clone() for k, v in agent.actor.named_parameters()},
+        "log_alpha": {"": agent.log_alpha.detach().clone()},
+        "log_cql_weight": {"": agent.log_cql_weight.detach().clone()},
+    }
+
+
+# -- the critic loss against its equation --------------------------------------------------------------------------
+@pytest.mark.parametrize("members", [1, 2])
+def test_critic_loss_equals_the_equation(monkeypatch: pytest.MonkeyPatch, members: int) -> None:
+    q, q_target, actor = state_networks(members)
+    batch = make_batch(terminated=[1, 0, 0, 1, 0, 0], truncated=[0, 1, 0, 1, 0, 1])
+    draws = Draws(batch)
+    cfg = CQLConfig(discount=0.9, sampled_actions=K)
+    loss, conservative, metrics = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, 0.3, 0.7, cfg)
+    expected, expected_conservative, y = reference_critic_loss(draws, q, q_target, batch, 0.3, 0.7, cfg)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conservative, expected_conservative, rtol=1e-5, atol=1e-5)
+    assert metrics["critic/target"] == pytest.approx(y.mean().item(), abs=1e-5)
+    # The same gradient, too (a detach in the wrong place would keep the value), and none into the target critic.
+    params = list(q.parameters())
+    grads = torch.autograd.grad(loss, params)
+    expected_grads = torch.autograd.grad(expected, params)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-5)
+    assert all(p.grad is None for p in q_target.parameters())
+
+
+def test_terminated_stops_the_bootstrap_and_truncated_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    q, q_target, actor = state_networks()
+    cfg = CQLConfig(discount=0.9, sampled_actions=K)
+    base = make_batch()
+    draws = Draws(base)
+
+    def run(terminated: float, truncated: float) -> tuple[Tensor, dict[str, float]]:
+        batch = base._replace(terminated=torch.full((B,), terminated), truncated=torch.full((B,), truncated))
+        loss, _, metrics = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, 0.3, 0.7, cfg)
+        expected, _, _ = reference_critic_loss(draws, q, q_target, batch, 0.3, 0.7, cfg)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+        return loss, metrics
+
+    with torch.no_grad():
+        next_v = q_target(None, base.next_obs.state, draws.policy[("s'", 1)][0][:, 0]).min(dim=0).values
+    bootstrapped = (base.reward + 0.9 * next_v).mean().item()
+    loss_plain, plain = run(terminated=0, truncated=0)
+    loss_truncated, truncated = run(terminated=0, truncated=1)
+    loss_terminated, terminated = run(terminated=1, truncated=0)
+    # Truncation changes nothing: the target still bootstraps.
+    assert loss_truncated.item() == loss_plain.item()
+    assert plain["critic/target"] == truncated["critic/target"] == pytest.approx(bootstrapped, abs=1e-5)
+    # Termination leaves the reward alone as the target, and so changes the loss.
+    assert terminated["critic/target"] == pytest.approx(base.reward.mean().item(), abs=1e-6)
+    assert abs(terminated["critic/target"] - bootstrapped) > 0.01
+    assert abs(loss_terminated.item() - loss_plain.item()) > 1e-3
+
+
+def test_entropy_backup_subtracts_alpha_log_pi(monkeypatch: pytest.MonkeyPatch) -> None:
+    q, q_target, actor = state_networks()
+    batch = make_batch(terminated=[1, 0, 0, 0, 1, 0])
+    draws = Draws(batch)
+    alpha, gamma = 0.3, 0.9
+    targets = {}
+    for backup in ("deterministic", "entropy"):
+        cfg = CQLConfig(discount=gamma, sampled_actions=K, backup=backup)
+        loss, _, metrics = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, alpha, 0.7, cfg)
+        expected, _, _ = reference_critic_loss(draws, q, q_target, batch, alpha, 0.7, cfg)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+        targets[backup] = metrics["critic/target"]
+    next_log_prob = draws.policy[("s'", 1)][1][:, 0]
+    shift = -(gamma * (1 - batch.terminated) * alpha * next_log_prob).mean().item()
+    assert abs(shift) > 0.01
+    assert targets["entropy"] - targets["deterministic"] == pytest.approx(shift, abs=1e-5)
+
+
+def test_lagrange_penalty_is_offset_by_the_target_gap(monkeypatch: pytest.MonkeyPatch) -> None:
+    q, q_target, actor = state_networks()
+    batch = make_batch()
+    draws = Draws(batch)
+    fixed = CQLConfig(sampled_actions=K)
+    lagrange = CQLConfig(sampled_actions=K, lagrange=True, target_gap=2.5)
+    loss_fixed, _, _ = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, 0.3, 0.7, fixed)
+    loss_lagrange, _, _ = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, 0.3, 0.7, lagrange)
+    # sum_n w (L_CQL(Q_n) - tau) = sum_n w L_CQL(Q_n) - N w tau
+    torch.testing.assert_close(loss_lagrange, loss_fixed - 2 * 0.7 * 2.5, rtol=1e-5, atol=1e-5)
+
+
+def test_critic_loss_with_seeded_draws_matches_the_stand_ins() -> None:
+    """The stand-ins above replace exactly the loss's random draws: with real sampling, reseeding before the loss
+    and drawing in the same order gives the same numbers."""
+    q, q_target, actor = state_networks()
+    batch = make_batch()
+    cfg = CQLConfig(sampled_actions=K)
+    features = actor.encode(None, batch.obs.state)
+    torch.manual_seed(11)
+    loss, _, _, _ = critic_loss(q, q_target, actor, features, batch, torch.tensor(0.3), torch.tensor(0.7), cfg)
+    draws = Draws(batch)  # its own draws are all replaced below
+    torch.manual_seed(11)
+    with torch.no_grad():
+        draws.policy[("s'", 1)] = actor.sample(actor.encode(None, batch.next_obs.state), 1)
+        draws.policy[("s", K)] = actor.sample(features, K)
+        draws.policy[("s'", K)] = actor.sample(actor.encode(None, batch.next_obs.state), K)
+        draws.uniform01 = torch.rand(B, K, A)
+    expected, _, _ = reference_critic_loss(draws, q, q_target, batch, 0.3, 0.7, cfg)
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+
+
+# -- the agent's update --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("image", [(12, 12, 3), None], ids=["image", "state"])
+def test_update_moves_every_parameter_and_targets_by_polyak(image: tuple[int, int, int] | None) -> None:
+    cfg = CQLConfig(hidden=(16, 16), conv=ConvConfig(channels=(4, 4, 4)), tau=0.1, sampled_actions=2)
+    agent = CQL(cfg, image, state_dim=3, action_dim=2)
+    assert all(not p.requires_grad for p in agent.q_target.parameters())
+    before = snapshot(agent)
+    metrics = agent.update(make_batch(8, state_dim=3, action_dim=2, image=image))
+    after = snapshot(agent)
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    for group in ("q", "actor", "log_alpha"):
+        unchanged = [name for name, p in after[group].items() if torch.equal(p, before[group][name])]
+        assert not unchanged, f"{group}: {unchanged}"
+    for name, target in after["q_target"].items():
+        old = before["q_target"][name]
+        torch.testing.assert_close(target, old + cfg.tau * (after["q"][name] - old))
+        assert not torch.equal(target, old), name
+    assert torch.equal(after["log_cql_weight"][""], before["log_cql_weight"][""])  # fixed weight without Lagrange
+    assert agent.steps == 1
+
+
+@pytest.mark.parametrize(("target_gap", "direction"), [(-1e3, 1), (1e3, -1)])
+def test_lagrange_weight_follows_the_gap(target_gap: float, direction: int) -> None:
+    cfg = CQLConfig(hidden=(8,), lagrange=True, target_gap=target_gap, cql_weight=2.0)
+    agent = CQL(cfg, None, state_dim=3, action_dim=2)
+    weights = [agent.log_cql_weight.exp().item()]
+    for _ in range(3):
+        metrics = agent.update(make_batch(8, state_dim=3, action_dim=2))
+        weights.append(agent.log_cql_weight.exp().item())
+        assert metrics["critic/cql_weight"] == pytest.approx(weights[-2])  # the weight the step used
+    steps = [direction * (b - a) for a, b in itertools.pairwise(weights)]
+    assert all(step > 0 for step in steps), weights
+
+
+def test_bc_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first `bc_warm_start_steps` actor losses are mean(alpha log pi(a~|s) - log pi(a_data|s)), later ones
+    mean(alpha log pi(a~|s) - min_n Q_n(s, a~)); the BC steps raise the data action's likelihood."""
+    original = cql.actor_loss
+    seen: list[tuple[bool, float, float, float]] = []
+
+    def spy(
+        q: QEnsemble,
+        actor: TanhGaussianActor,
+        features: Tensor,
+        critic_features: Tensor,
+        batch: TorchBatch,
+        alpha: Tensor,
+        bc: bool,
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        rng = torch.get_rng_state()
+        result = original(q, actor, features, critic_features, batch, alpha, bc)
+        rng_after = torch.get_rng_state()
+        torch.set_rng_state(rng)  # redraw the same a~ for the expected values
+        with torch.no_grad():
+            action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
+            as_bc = (alpha * log_prob[:, 0] - actor.log_prob(features, batch.action)).mean().item()
+            as_q = (alpha * log_prob[:, 0] - q.q(critic_features, action).min(dim=0).values[:, 0]).mean().item()
+        torch.set_rng_state(rng_after)
+        seen.append((bc, result[0].item(), as_bc, as_q))
+        return result
+
+    monkeypatch.setattr(cql, "actor_loss", spy)
+    cfg = CQLConfig(hidden=(16,), bc_warm_start_steps=5, init_alpha=0.1)
+    agent = CQL(cfg, None, state_dim=3, action_dim=2)
+    batch = make_batch(8, state_dim=3, action_dim=2)
+    for _ in range(7):
+        agent.update(batch)
+    assert [bc for bc, *_ in seen] == [True] * 5 + [False] * 2
+    for bc, loss, as_bc, as_q in seen:
+        assert loss == pytest.approx(as_bc if bc else as_q, abs=1e-5)
+        assert abs(as_bc - as_q) > 1e-3  # the two losses are told apart
+
+
+def test_bc_warm_start_raises_the_data_likelihood() -> None:
+    cfg = CQLConfig(hidden=(16,), bc_warm_start_steps=1000, init_alpha=0.1, actor_lr=1e-3)
+    agent = CQL(cfg, None, state_dim=3, action_dim=2)
+    batch = make_batch(16, state_dim=3, action_dim=2)._replace(action=torch.tensor([[0.6, -0.4]]).repeat(16, 1))
+
+    def likelihood() -> float:
+        with torch.no_grad():
+            return agent.actor.log_prob(agent.actor.encode(None, batch.obs.state), batch.action).mean().item()
+
+    start = likelihood()
+    for _ in range(50):
+        agent.update(batch)
+    assert likelihood() > start + 0.3, (start, likelihood())
+
+
+def test_zero_conservative_weight_is_plain_sac() -> None:
+    agent = CQL(CQLConfig(hidden=(8,), cql_weight=0.0), None, state_dim=3, action_dim=2)
+    assert math.isfinite(agent.update(make_batch(8, state_dim=3, action_dim=2))["critic/loss"])
+    with pytest.raises(ValueError, match="must be > 0"):
+        CQL(CQLConfig(hidden=(8,), cql_weight=0.0, lagrange=True), None, state_dim=3, action_dim=2)
+
+
+# -- a problem with a known answer ---------------------------------------------------------------------------------
+def test_one_step_bandit() -> None:
+    """One state, terminal after one step, r(a) = -(a - 0.5)^2 from data actions spread over [-1, 1]: Q(s, a) is
+    r(a) (a small conservative weight lowers it a little), best at a = 0.5, where the policy should move."""
+    cfg = CQLConfig(hidden=(32, 32), cql_weight=0.05, critic_lr=3e-3, actor_lr=3e-3, init_alpha=0.05, sampled_actions=4)
+    agent = CQL(cfg, None, state_dim=1, action_dim=1)
+    size = 128
+    state = torch.ones(size, 1)
+
+    def policy_action() -> float:
+        with torch.no_grad():
+            return agent.actor.deterministic(agent.actor.encode(None, state[:1])).item()
+
+    start = policy_action()
+    for _ in range(300):
+        action = torch.rand(size, 1) * 2 - 1
+        reward = -((action[:, 0] - 0.5) ** 2)
+        ones = torch.ones(size)
+        agent.update(TorchBatch(TorchObs(None, state), action, reward, TorchObs(None, state), ones, 0 * ones))
+    grid = torch.tensor([[-0.9], [-0.5], [0.0], [0.5], [0.9]])  # (G, 1)
+    with torch.no_grad():
+        values = agent.q(None, state[:1].expand(len(grid), 1), grid)  # (N, G)
+    true = -((grid[:, 0] - 0.5) ** 2)
+    assert (values[:, 3] > values[:, 0] + 1).all(), values  # Q(s, 0.5) vs Q(s, -0.9): r = 0 vs -1.96
+    assert (values - true).abs().max() < 0.2, values - true
+    assert abs(start - 0.5) > 0.3  # the policy starts away from the optimum (seeded) ...
+    assert abs(policy_action() - 0.5) < 0.1, (start, policy_action())  # ... and ends near it
