@@ -1,0 +1,1 @@
+"""Training: offline and online loops, evaluation, logging."""

@@ -1,0 +1,156 @@
+"""Evaluation rollouts: a policy, an env id and an initial condition; success as COG measured it.
+
+Success is the task's success at the final step of the episode (COG), reported with "ever succeeded" (at any
+step). Environments are reached through gymnasium ids only (`module:id` imports the module that registers the id),
+so the learning core never imports the simulator. Rollouts run in worker processes; episode i uses seed
+`seed + i`, so results do not depend on the number of workers. Evaluation seeds default to 1_000_000 and up,
+disjoint from the seeds of collected data (a recipe's episode seeds come from `SeedSequence`, and training never
+resets envs).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+from numpy.typing import NDArray
+
+from robot_rl.media import upscale, write_video
+
+EVAL_SEED = 1_000_000
+
+
+class ActingPolicy(Protocol):
+    """Anything that maps one observation (as the env returns it) to an action in [-1, 1]."""
+
+    def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]: ...
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Which env, from where, how many episodes."""
+
+    env_id: str = "robot_rl/Drawer-v0"
+    """A registered gymnasium id."""
+    env_module: str = "sim_envs"
+    """Module imported (in each worker) to register `env_id`."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the env (image size, privileged state, ...)."""
+    initial_condition: str = "closed"
+    """The initial condition every episode starts from."""
+    episodes: int = 50
+    seed: int = EVAL_SEED
+    """Episode i is reset with seed + i."""
+    workers: int = 2
+    videos: int = 2
+    """Episodes (the first ones) recorded as videos when an output folder is given."""
+
+
+@dataclass
+class EpisodeOutcome:
+    seed: int
+    success: bool
+    """Task success at the final step."""
+    ever_success: bool
+    steps: int
+    episode_return: float
+
+
+@dataclass
+class EvalResult:
+    initial_condition: str
+    episodes: list[EpisodeOutcome]
+    videos: list[str]
+
+    @property
+    def success_rate(self) -> float:
+        return float(np.mean([e.success for e in self.episodes]))
+
+    @property
+    def ever_success_rate(self) -> float:
+        return float(np.mean([e.ever_success for e in self.episodes]))
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean([e.episode_return for e in self.episodes]))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "eval/success": self.success_rate,
+            "eval/ever_success": self.ever_success_rate,
+            "eval/return": self.mean_return,
+            "eval/episodes": float(len(self.episodes)),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "initial_condition": self.initial_condition, "videos": self.videos,
+                "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
+
+
+def make_env(cfg: EvalConfig) -> gym.Env[Any, Any]:
+    return gym.make(f"{cfg.env_module}:{cfg.env_id}", **cfg.env_kwargs)
+
+
+def run_episode(
+    env: gym.Env[Any, Any], policy: ActingPolicy, seed: int, condition: str, frames: list[NDArray[np.uint8]] | None
+) -> EpisodeOutcome:
+    """One episode from `condition`, reset with `seed`; appends camera frames to `frames` if given."""
+    obs, info = env.reset(seed=seed, options={"initial_condition": condition})
+    ever, total, steps, done = bool(info.get("success", False)), 0.0, 0, False
+    if frames is not None and "image" in obs:
+        frames.append(upscale(obs["image"], 192))
+    while not done:
+        obs, reward, terminated, truncated, info = env.step(policy.act(obs))
+        total += float(reward)
+        steps += 1
+        ever = ever or bool(info.get("success", False))
+        done = terminated or truncated
+        if frames is not None and "image" in obs:
+            frames.append(upscale(obs["image"], 192))
+    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total)
+
+
+def evaluate(
+    policy: ActingPolicy, cfg: EvalConfig, out: Path | None = None, seeds: list[int] | None = None
+) -> EvalResult:
+    """Run the episodes in this process (used by workers, tests, and callers holding a policy in memory)."""
+    env = make_env(cfg)
+    outcomes, videos = [], []
+    try:
+        for seed in seeds if seeds is not None else range(cfg.seed, cfg.seed + cfg.episodes):
+            record = out is not None and seed - cfg.seed < cfg.videos
+            frames: list[NDArray[np.uint8]] | None = [] if record else None
+            outcomes.append(run_episode(env, policy, seed, cfg.initial_condition, frames))
+            if out is not None and frames:
+                path = out / f"eval_{cfg.initial_condition}_seed{seed}.mp4"
+                videos.append(str(write_video(path, frames)))
+    finally:
+        env.close()
+    return EvalResult(cfg.initial_condition, outcomes, videos)
+
+
+def _worker(load: Callable[[], ActingPolicy], cfg: EvalConfig, seeds: list[int], out: Path | None) -> EvalResult:
+    import torch
+
+    torch.set_num_threads(1)  # one thread per worker: the workers already fill the cores
+    return evaluate(load(), cfg, out, seeds)
+
+
+def evaluate_parallel(load: Callable[[], ActingPolicy], cfg: EvalConfig, out: Path | None = None) -> EvalResult:
+    """`evaluate` spread over `cfg.workers` processes; `load` (picklable, e.g. a partial of `Policy.load`) builds
+    the policy in each worker. Same results as one process: episode i always uses seed `cfg.seed + i`."""
+    seeds = list(range(cfg.seed, cfg.seed + cfg.episodes))
+    workers = max(1, min(cfg.workers, len(seeds)))
+    if workers == 1:
+        return _worker(load, cfg, seeds, out)
+    chunks = [seeds[w::workers] for w in range(workers)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_worker, [load] * workers, [cfg] * workers, chunks, [out] * workers))
+    by_seed = {e.seed: e for r in results for e in r.episodes}
+    return EvalResult(cfg.initial_condition, [by_seed[s] for s in seeds], sorted(v for r in results for v in r.videos))
