@@ -16,6 +16,7 @@ import tyro
 
 from robot_rl.data.episodes import DatasetError
 from robot_rl.runs import new_run_dir, write_run_record
+from robot_rl.train.offline import OfflineConfig, TrainingError
 
 
 @dataclass(frozen=True)
@@ -143,17 +144,87 @@ def inspect(cfg: InspectConfig) -> None:
     print("\n" + "\n".join(f"{kind + ':':<7} {path}" for kind, path in paths.items()))
 
 
+def train(cfg: OfflineConfig) -> Path:
+    from robot_rl.runs import config_from_dict
+    from robot_rl.train.offline import train_offline, train_result
+
+    if cfg.resume is not None:
+        record = json.loads((cfg.resume / "run.json").read_text())
+        resumed = config_from_dict(OfflineConfig, record["config"], f"{cfg.resume}/run.json: config")
+        run = train_offline(resumed, resume=cfg.resume)
+    elif cfg.task is None:
+        raise SystemExit("robot-rl train: give --task DATASET (and --prior DATASET for cog/sac), or --resume RUN")
+    else:
+        run = train_offline(cfg)
+    last = train_result(run)
+    print(f"\nrun: {run}")
+    if last:
+        print(
+            f"evaluation at step {last['step']}: success {last['eval/success']:.2f} "
+            f"(ever {last['eval/ever_success']:.2f}) over {int(last['eval/episodes'])} episodes"
+        )
+    return run
+
+
+@dataclass(frozen=True)
+class EvalCommand:
+    """Evaluate a saved policy (a run's policy/ folder) in simulation from an initial condition."""
+
+    policy: tyro.conf.Positional[Path]
+    """Policy folder, e.g. runs/cog-.../policy."""
+    initial_condition: str = "closed"
+    env_id: str = "robot_rl/Drawer-v0"
+    image_size: int = 48
+    episodes: int = 50
+    workers: int = 2
+    videos: int = 2
+    out: Path | None = None
+    """Where videos and results go (default: POLICY/../eval-<condition>)."""
+
+
+def evaluate(cmd: EvalCommand) -> None:
+    import functools
+
+    from robot_rl.policy import Policy
+    from robot_rl.train.evaluate import EvalConfig, evaluate_parallel
+
+    Policy.load(cmd.policy)  # fail here, with the reason, before starting workers
+    cfg = EvalConfig(
+        env_id=cmd.env_id,
+        env_kwargs={"image_size": cmd.image_size, "privileged_state": True},
+        initial_condition=cmd.initial_condition,
+        episodes=cmd.episodes,
+        workers=cmd.workers,
+        videos=cmd.videos,
+    )
+    out = cmd.out or cmd.policy.parent / f"eval-{cmd.initial_condition}"
+    result = evaluate_parallel(functools.partial(Policy.load, cmd.policy), cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    print(
+        f"{cmd.policy} from {cmd.initial_condition}: success {result.success_rate:.2f} "
+        f"(ever {result.ever_success_rate:.2f}) over {len(result.episodes)} episodes; {out}"
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         _dispatch(args)
-    except DatasetError as e:
+    except (DatasetError, TrainingError) as e:
         print(f"robot-rl: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def _dispatch(args: list[str] | None) -> None:
     cfg = tyro.extras.subcommand_cli_from_dict(
-        {"demo": DemoConfig, "gallery": GalleryConfig, "collect": CollectConfig, "inspect": InspectConfig},
+        {
+            "demo": DemoConfig,
+            "gallery": GalleryConfig,
+            "collect": CollectConfig,
+            "inspect": InspectConfig,
+            "train": OfflineConfig,
+            "eval": EvalCommand,
+        },
         prog="robot-rl",
         description="robot-rl: offline RL with skill stitching (COG), online fine-tuning, and a ROS 2 robot path.",
         args=args,
@@ -167,5 +238,9 @@ def _dispatch(args: list[str] | None) -> None:
             collect(cfg)
         case InspectConfig():
             inspect(cfg)
+        case OfflineConfig():
+            train(cfg)
+        case EvalCommand():
+            evaluate(cfg)
         case _:
             raise AssertionError(f"no command for {type(cfg).__name__}")

@@ -8,6 +8,8 @@ import platform
 import subprocess
 import sys
 import time
+import types
+import typing
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -65,3 +67,59 @@ def write_run_record(folder: Path, command: str, config: Any) -> Path:
     path = folder / "run.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def config_from_dict(cls: type[Any], data: Any, where: str = "config") -> Any:
+    """Rebuild a (nested, frozen) config dataclass from its `run.json` form, checking names and types.
+
+    Used to resume a run with exactly the config it was started with. Unknown or missing fields, and values of
+    the wrong type, are reported with their path (e.g. `config.cql.sampled_actions`).
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown fields {sorted(unknown)} for {cls.__name__}")
+    values = {}
+    for name, value in data.items():
+        values[name] = _convert(hints[name], value, f"{where}.{name}")
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _convert(option, value, where)
+            except (ValueError, TypeError):
+                continue
+        raise ValueError(f"{where}: {value!r} matches none of {hint}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {args}")
+        return value
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return config_from_dict(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        return tuple(_convert(item, v, where) if item is not None else v for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a path, got {value!r}")
+        return Path(value)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is not hint:
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,243 @@
+"""Offline training: COG, CQL on task data, BC and SAC-offline from datasets, with evaluation and checkpoints.
+
+The methods share everything but the sampler and the loss:
+
+| algo | data | loss |
+|---|---|---|
+| cog | task + prior (prior rewards 0), `task_fraction` of each batch from task (or one pooled buffer) | CQL |
+| cql | task only | CQL |
+| sac | task + prior, as cog | CQL with the conservative weight 0 |
+| bc  | task only, or task + prior pooled (`bc_data="all"`) | BC |
+
+A run folder holds the resolved config and versions (run.json), metrics.jsonl, checkpoints/latest (the learner,
+for exact resume), policy/ (the deployable policy of the latest evaluation), evaluation videos and learning curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from robot_rl.algos.batch import to_torch
+from robot_rl.algos.bc import BC, BCConfig
+from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.data.replay import Batch, TransitionStore, concatenate, load_dataset
+from robot_rl.data.validate import check_compatible
+from robot_rl.replay.mixing import CogMixSampler, Sampler, UniformSampler
+from robot_rl.runs import new_run_dir, write_run_record
+from robot_rl.train.evaluate import EvalConfig, evaluate_parallel
+from robot_rl.train.logger import Logger, read_metrics
+
+EVAL_CONDITION = {
+    "closed_drawer": "closed",
+    "blocked_drawer": "blocked",
+    "blocked_by_object_drawer": "blocked_by_object",
+    "pick_place": "on_table",
+}
+"""Each COG task's hard initial condition, which no task trajectory starts from."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad data, a diverged loss); the message says where the last good checkpoint is."""
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """Offline RL from datasets (COG and its baselines)."""
+
+    task: Path | None = None
+    """Task dataset folder (datasets/<name>-v0): the sparse task reward. Required unless resuming."""
+    prior: Path | None = None
+    """Prior dataset folder; its rewards are relabelled to 0. Required by cog and sac, and by bc with all data."""
+    algo: Literal["cog", "cql", "bc", "sac"] = "cog"
+    """cog: CQL on task + prior; cql: CQL on task only; bc: behaviour cloning; sac: SAC offline on task + prior."""
+    bc_data: Literal["task", "all"] = "task"
+    """BC's data: the task dataset, or task and prior pooled."""
+    mixing: Literal["ratio", "pooled"] = "ratio"
+    """cog/sac batches: `task_fraction` from each dataset, or uniform over one pooled buffer (COG's code)."""
+    task_fraction: float = 0.5
+    """Share of each batch drawn from the task data (mixing="ratio")."""
+    observation: Literal["image", "state"] = "image"
+    """image: camera image + proprioception; state: proprioception + privileged state, no image."""
+    steps: int = 100_000
+    """Gradient steps."""
+    batch_size: int = 256
+    augment_pad: int = 4
+    """Random-shift augmentation of images (pad and crop, one shift per image); 0 turns it off."""
+    seed: int = 0
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+    threads: int = 2
+    """torch CPU threads (this machine has 2 cores; set explicitly, as torch's default collapses under load)."""
+    eval_every: int = 10_000
+    """Steps between evaluations (and at the end); 0 evaluates only at the end."""
+    eval_episodes: int = 50
+    eval_condition: str | None = None
+    """Initial condition to evaluate from; default: the task's hard one (closed drawer, ... object on table)."""
+    eval_workers: int = 2
+    eval_videos: int = 2
+    checkpoint_every: int = 10_000
+    log_every: int = 100
+    out: Path | None = None
+    """Run folder (default: runs/<algo>-<timestamp>)."""
+    progress: bool = True
+    wandb: Literal["off", "online", "offline"] = "off"
+    """Weights & Biases logging; offline needs no network."""
+    cql: CQLConfig = field(default_factory=CQLConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
+    resume: Path | None = None
+    """Continue this run folder from its last checkpoint, with the config recorded in its run.json (other flags
+    are ignored)."""
+
+
+def _load(cfg: OfflineConfig) -> tuple[TransitionStore, TransitionStore | None]:
+    keys = ("image", "state") if cfg.observation == "image" else ("state", "privileged")
+    needs_prior = cfg.algo in ("cog", "sac") or (cfg.algo == "bc" and cfg.bc_data == "all")
+    if needs_prior and cfg.prior is None:
+        raise TrainingError(f"algo {cfg.algo!r} needs a prior dataset (--prior)")
+    if cfg.task is None:
+        raise TrainingError("no task dataset given (--task)")
+    task = load_dataset(cfg.task, keys=keys)
+    prior = load_dataset(cfg.prior, keys=keys, relabel_reward=0.0) if needs_prior and cfg.prior else None
+    if prior is not None:
+        check_compatible([task.info, prior.info], [cfg.task, cfg.prior or Path()])
+    return task, prior
+
+
+def make_sampler(cfg: OfflineConfig, task: TransitionStore, prior: TransitionStore | None) -> Sampler:
+    match cfg.algo, prior:
+        case (("cog" | "sac"), TransitionStore()) if cfg.mixing == "ratio":
+            return CogMixSampler(task, prior, cfg.task_fraction)
+        case (("cog" | "sac" | "bc"), TransitionStore()):
+            return UniformSampler(concatenate([task, prior]))
+        case _:
+            return UniformSampler(task)
+
+
+def make_agent(cfg: OfflineConfig, task: TransitionStore, device: torch.device) -> CQL | BC:
+    image_shape = task.info.image_shape if cfg.observation == "image" else None
+    spec = task.info.env_spec
+    state_dim = len(spec["state_names"]) + (len(spec["privileged_names"]) if cfg.observation == "state" else 0)
+    action_dim = len(spec["action_names"])
+    shape = None if image_shape is None else (image_shape[0], image_shape[1], image_shape[2])
+    match cfg.algo:
+        case "cog" | "cql":
+            return CQL(cfg.cql, shape, state_dim, action_dim, device)
+        case "sac":
+            return CQL(
+                dataclasses.replace(cfg.cql, cql_weight=0.0, lagrange=False), shape, state_dim, action_dim, device
+            )
+        case "bc":
+            return BC(cfg.bc, shape, state_dim, action_dim, device)
+    raise AssertionError(cfg.algo)
+
+
+def _check_batch(batch: Batch, step: int) -> None:
+    for name, array in (("action", batch.action), ("reward", batch.reward), ("state", batch.obs.state)):
+        if not np.all(np.isfinite(array)):
+            raise TrainingError(f"non-finite {name} in the batch of step {step}")
+
+
+def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
+    """Train, evaluating and checkpointing as configured; returns the run folder. `resume` continues a run."""
+    from robot_rl.checkpoints import export_policy, load_learner, save_learner
+    from robot_rl.policy import Policy
+
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+    run = resume if resume is not None else new_run_dir(cfg.out, cfg.algo)
+    write_run_record(run, "train", cfg)
+    task, prior = _load(cfg)
+    sampler = make_sampler(cfg, task, prior)
+    torch.manual_seed(cfg.seed)
+    agent = make_agent(cfg, task, device)
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    checkpoint = run / "checkpoints" / "latest"
+    start = 0
+    if resume is not None:
+        extra = load_learner(checkpoint, agent)
+        rng, generator, start = extra["rng"], extra["augment_generator"], int(extra["step"])
+    condition = cfg.eval_condition or EVAL_CONDITION.get(str(task.info.recipe.get("task")), "closed")
+    eval_cfg = EvalConfig(
+        env_id=task.info.env_id,
+        env_kwargs=dict(task.info.env_kwargs),
+        initial_condition=condition,
+        episodes=cfg.eval_episodes,
+        workers=cfg.eval_workers,
+        videos=cfg.eval_videos,
+    )
+    use_privileged = cfg.observation == "state"
+    pad = cfg.augment_pad if cfg.observation == "image" else 0
+
+    def save(step: int) -> None:
+        save_learner(checkpoint, agent, {"rng": rng, "step": step, "augment_generator": generator})
+
+    def evaluate_now(step: int) -> dict[str, float]:
+        policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+        folder = policy.save(run / "policy")
+        result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
+        return result.summary()
+
+    with Logger(run, dataclasses.asdict(cfg), None if cfg.wandb == "off" else cfg.wandb) as logger:
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo)
+        tick, last_eval = time.perf_counter(), ""
+        for step in bar:
+            batch = sampler.sample(rng, cfg.batch_size)
+            _check_batch(batch, step)
+            metrics = agent.update(to_torch(batch, device, pad, generator, use_privileged))
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise TrainingError(
+                    f"non-finite {', '.join(bad)} at step {step}; training stopped, the last good checkpoint is "
+                    f"{checkpoint if checkpoint.exists() else 'none yet'}"
+                )
+            done = step + 1
+            if done % cfg.log_every == 0:
+                elapsed = time.perf_counter() - tick
+                metrics["time/steps_per_s"] = cfg.log_every / elapsed
+                if sampler.last_task_fraction is not None:
+                    metrics["train/task_fraction"] = sampler.last_task_fraction
+                logger.log(done, metrics)
+                bar.set_postfix_str(f"{metrics['time/steps_per_s']:.2f} steps/s {last_eval}")
+                tick = time.perf_counter()
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save(done)
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
+                summary = evaluate_now(done)
+                logger.log(done, summary)
+                last_eval = f"eval {summary['eval/success']:.2f}"
+                bar.set_postfix_str(last_eval)
+    plot_curves(run)
+    return run
+
+
+def plot_curves(run: Path) -> Path | None:
+    """learning_curves.png: critic/actor losses and evaluation success over steps."""
+    from robot_rl.media import line_plots, write_png
+
+    rows = read_metrics(run / "metrics.jsonl")
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for key in ("critic/td_loss", "critic/cql_gap", "actor/loss", "eval/success", "eval/ever_success"):
+        points = [(float(r["step"]), float(r[key])) for r in rows if isinstance(r.get(key), (int, float))]
+        if points:
+            series[key] = ([p[0] for p in points], [p[1] for p in points])
+    if not series:
+        return None
+    return write_png(run / "learning_curves.png", line_plots(series))
+
+
+def train_result(run: Path) -> dict[str, Any]:
+    """The last evaluation of a run."""
+    evals = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]
+    return evals[-1] if evals else {}
