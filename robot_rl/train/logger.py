@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 
 class Logger:
@@ -18,7 +18,7 @@ class Logger:
         self,
         folder: Path,
         config: dict[str, Any] | None = None,
-        wandb_mode: str | None = None,
+        wandb_mode: Literal["online", "offline"] | None = None,
         project: str = "robot-rl",
         name: str | None = None,
     ) -> None:

@@ -189,7 +189,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
         return result.summary()
 
-    with Logger(run, dataclasses.asdict(cfg), None if cfg.wandb == "off" else cfg.wandb) as logger:
+    wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
+    with Logger(run, dataclasses.asdict(cfg), wandb_mode) as logger:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo)
         tick, last_eval = time.perf_counter(), ""
         for step in bar:
