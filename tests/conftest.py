@@ -6,10 +6,22 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import torch
 
 from sim_envs.env import ManipulationEnv
 
 EnvFactory = Callable[..., ManipulationEnv]
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread and a fixed seed for every test: fast and reproducible on a small CI machine, and the same
+    floating-point sums on both sides of a resume test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

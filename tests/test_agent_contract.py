@@ -38,11 +38,6 @@ SPEC = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def numpy_batch(seed: int, size: int = 8, image: bool = True) -> Batch:
     rng = np.random.default_rng(seed)
 

@@ -11,7 +11,7 @@ import pickle
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,6 @@ S, P, A, N, B = 5, 3, 5, 32, 8
 """State, privileged and action sizes, transitions in the fake dataset, batch size."""
 KINDS = ["state", "privileged", "image"]
 """state only; state with the privileged state appended; image and state."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread and a fixed seed: fast, and the same floating-point sums in both halves of a resume test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------

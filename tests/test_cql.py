@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,16 +23,6 @@ from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
 S, A, B, K = 2, 1, 6, 2
 """State and action dimensions, batch size and sampled actions per observation of the hand-checked loss."""
 SampleFn = Callable[[Tensor, int], tuple[Tensor, Tensor]]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread and a fixed seed: fast and reproducible on a small CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ transition came from and check that its observation, next observation, action, r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,16 +30,6 @@ ACTION_NAMES = ("vx", "vy", "gripper")
 A = len(ACTION_NAMES)
 TASK, PRIOR = 0, 1
 """Source markers in every value."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread and a fixed seed: fast and reproducible on a small CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ on the concatenation, the actor's densities against each other and against a num
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -30,16 +29,6 @@ from robot_rl.networks import (
 SMALL_CONV = ConvConfig(channels=(4, 4, 4))
 IMAGE = (12, 10, 3)
 """A small, non-square image (H, W, C), so that H and W cannot be swapped unnoticed."""
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One thread and a fixed seed: fast and reproducible on a small CI machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------

@@ -25,11 +25,6 @@ RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 TINY_NET = {"hidden": (32, 32), "conv": ConvConfig(channels=(4, 4, 4))}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
