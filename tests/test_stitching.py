@@ -17,7 +17,7 @@ propagated back through the prior data's transitions, which is what COG claims (
 https://arxiv.org/abs/2010.14500). A policy trained on the task data alone extrapolates its a > 0 to the first
 cells, where it walks into the wall.
 
-Both agents train for the same number of updates with the same seeds (about 15 s on one CPU thread in all).
+Both agents train for the same number of updates with the same seeds (about 10 s on one CPU thread in all).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ STATE_DIM = GOAL + 2
 TASK_STARTS, PRIOR_STARTS = (7, 8, 9), tuple(range(MIRRORED + 1))
 HORIZON = 20
 """Steps allowed to the greedy policy from the start (the shortest path takes GOAL)."""
-UPDATES, BATCH = 800, 128
+UPDATES, BATCH = 600, 128
 CFG = CQLConfig(
     discount=GAMMA,
     tau=0.1,  # fast targets: the reward must travel 10 backups within a few hundred updates
@@ -279,14 +279,19 @@ def test_data_split_the_chain(data: tuple[TransitionStore, TransitionStore]) -> 
 
 
 def test_cog_values_order_the_states_as_value_iteration(cog_agent: CQL) -> None:
+    """Ordered as V*, and conservative: no cell valued above V* (by more than fitting noise), the last step to the
+    goal (a one-step value, V* = 1) about right; bootstrapping through the terminal step would inflate them all."""
     values = learned_values(cog_agent)
     v_star, _ = value_iteration()
     assert spearman(values, v_star) >= 0.9, np.round(values, 3)
+    assert (values <= v_star + 0.1).all(), np.round(values - v_star, 3)
+    assert abs(values[-1] - 1.0) < 0.1, np.round(values, 3)
 
 
 def test_cog_greedy_policy_reaches_the_goal_from_the_start(cog_agent: CQL) -> None:
+    """By the shortest path: in every cell on the way, the policy moves as value iteration's best action does."""
     path = greedy_path(cog_agent, 0)
-    assert path[-1] == GOAL, (path, np.round(greedy_actions(cog_agent), 2))
+    assert path == list(range(GOAL + 1)), (path, np.round(greedy_actions(cog_agent), 2))
 
 
 def test_task_only_cql_does_not_reach_the_goal_from_the_start(task_only_agent: CQL) -> None:
