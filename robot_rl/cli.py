@@ -15,6 +15,7 @@ from typing import Literal
 import tyro
 
 from robot_rl.data.episodes import DatasetError
+from robot_rl.experiment import ExperimentError
 from robot_rl.runs import new_run_dir, write_run_record
 from robot_rl.train.offline import OfflineConfig, TrainingError
 
@@ -72,12 +73,43 @@ def gallery(cfg: GalleryConfig, prefix: str = "gallery") -> Path:
 
 
 @dataclass(frozen=True)
-class DemoConfig(GalleryConfig):
-    """The main job. For now: run every scripted skill in every scene and write the image grid and videos."""
+class DemoConfig:
+    """The main job: collect the closed-drawer datasets, train COG and BC on them, evaluate both from the closed
+    drawer (which no task trajectory starts from) and report. Rerunning resumes where it stopped."""
+
+    image: bool = False
+    """Learn from 48x48 camera images (COG's setting; much slower on a CPU) instead of the privileged state."""
+    experiment: Path | None = None
+    """Experiment file to run instead (default: experiments/demo.yaml, or demo-image.yaml with --image)."""
 
 
 def demo(cfg: DemoConfig) -> Path:
-    return gallery(cfg, prefix="demo")
+    from robot_rl.experiment import ensure_datasets, load_experiment, run_experiment
+    from robot_rl.report import find_runs, summarise, write_report
+
+    path = cfg.experiment or Path("experiments") / ("demo-image.yaml" if cfg.image else "demo.yaml")
+    if not path.exists():
+        raise SystemExit(f"robot-rl demo: {path} not found; run the demo from the repository's root folder")
+    exp = load_experiment(path)
+    print(f"robot-rl demo: {exp.name}: collecting datasets (if missing), then training {len(exp.cells)} runs")
+    ensure_datasets(exp)
+    results = run_experiment(exp, lambda r: print(f"  {r['label']}: {r['status']}"))
+    report = write_report([exp.out], exp.out / "report")
+    summary = summarise(find_runs([exp.out]))
+    print()
+    for task, methods in summary.items():
+        for method, row in methods.items():
+            runs = [c for c in exp.cells if c.task == task and c.method == method]
+            condition = runs[0].config.eval_condition or "the hard initial condition"
+            print(
+                f"{method:>8} on {task}: success {row['success_mean']:.2f} from {condition} "
+                f"(ever {row['ever_mean']:.2f}; {','.join(map(str, row['episodes']))} episodes per seed)"
+            )
+    print(f"\nreport: {report}\nruns and videos: {exp.out}/<task>/<method>/seed<k>/videos")
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        raise SystemExit(f"robot-rl demo: {len(failed)} runs failed: {[r['label'] for r in failed]}")
+    return report
 
 
 @dataclass(frozen=True)
@@ -207,10 +239,76 @@ def evaluate(cmd: EvalCommand) -> None:
     )
 
 
+@dataclass(frozen=True)
+class ExperimentCommand:
+    """Run an experiment grid (tasks x methods x seeds) from a YAML file; rerunning resumes it."""
+
+    config: tyro.conf.Positional[Path]
+    """Experiment file, e.g. experiments/cog-state.yaml."""
+    workers: int | None = None
+    """Runs in parallel (default: the file's `workers`)."""
+    collect_workers: int | None = None
+    """Worker processes for collecting missing datasets (default: one per core)."""
+    report: bool = True
+    """Write the report (tables and plots) into OUT/report when the grid is done."""
+    dry_run: bool = False
+    """Only check the file and say what would run."""
+
+
+def experiment(cmd: ExperimentCommand) -> Path:
+    import dataclasses
+
+    from robot_rl.experiment import describe, ensure_datasets, load_experiment, run_experiment
+    from robot_rl.report import write_report
+
+    exp = load_experiment(cmd.config)
+    if cmd.workers is not None:
+        exp = dataclasses.replace(exp, workers=cmd.workers)
+    print(describe(exp))
+    if cmd.dry_run:
+        for cell in exp.cells:
+            print(f"  {cell.label}: {cell.config.algo}, {cell.config.steps} steps -> {cell.config.out}")
+        return exp.out
+    ensure_datasets(exp, cmd.collect_workers)
+
+    def show(result: dict[str, object]) -> None:
+        if result["status"] == "failed":
+            print(f"  {result['label']}: FAILED {result['error']} (see error.txt in its folder)")
+        else:
+            print(f"  {result['label']}: {result['status']}, success {result.get('eval/success', float('nan')):.2f}")
+
+    results = run_experiment(exp, show)
+    if cmd.report:
+        print(f"report: {write_report([exp.out], exp.out / 'report')}")
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        raise SystemExit(f"robot-rl experiment: {len(failed)} of {len(results)} runs failed; rerun to retry them")
+    return exp.out
+
+
+@dataclass(frozen=True)
+class ReportCommand:
+    """Tables (success +- s.e. per task and method) and plots from training runs or experiment folders."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run or experiment folders (searched for runs)."""
+    out: Path | None = None
+    """Report folder (default: FIRST_RUNS_FOLDER/report)."""
+
+
+def report(cmd: ReportCommand) -> Path:
+    from robot_rl.report import write_report
+
+    path = write_report(list(cmd.runs), cmd.out or cmd.runs[0] / "report")
+    print(path.read_text().split("## Plots")[0])
+    print(f"report: {path}")
+    return path
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         _dispatch(args)
-    except (DatasetError, TrainingError) as e:
+    except (DatasetError, TrainingError, ExperimentError) as e:
         print(f"robot-rl: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -224,6 +322,8 @@ def _dispatch(args: list[str] | None) -> None:
             "inspect": InspectConfig,
             "train": OfflineConfig,
             "eval": EvalCommand,
+            "experiment": ExperimentCommand,
+            "report": ReportCommand,
         },
         prog="robot-rl",
         description="robot-rl: offline RL with skill stitching (COG), online fine-tuning, and a ROS 2 robot path.",
@@ -242,5 +342,9 @@ def _dispatch(args: list[str] | None) -> None:
             train(cfg)
         case EvalCommand():
             evaluate(cfg)
+        case ExperimentCommand():
+            experiment(cfg)
+        case ReportCommand():
+            report(cfg)
         case _:
             raise AssertionError(f"no command for {type(cfg).__name__}")

@@ -24,6 +24,7 @@ from robot_rl.networks import (
     EnsembleMLP,
     QEnsemble,
     TanhGaussianActor,
+    set_state_statistics,
 )
 
 SMALL_CONV = ConvConfig(channels=(4, 4, 4))
@@ -41,6 +42,9 @@ def member_state_dict(ensemble: nn.Module, member: int, members: int) -> dict[st
     """
     out = {}
     for name, value in ensemble.state_dict().items():
+        if name.endswith(("state_mean", "state_std")):  # the state standardisation is shared by all members
+            out[name] = value.clone()
+            continue
         rows = value.shape[0] // members
         assert rows * members == value.shape[0], name
         out[name] = value[member * rows : (member + 1) * rows].clone()
@@ -343,3 +347,18 @@ def test_to_torch_shifts_images_and_passes_state_only_batches() -> None:
         assert (shift_offsets(before.image, after.image, 2).flatten(1).sum(dim=1) == 1).all()
     state_only = to_torch(replay_batch(image=False), torch.device("cpu"), augment_pad=2)
     assert state_only.obs.image is None and state_only.next_obs.image is None
+
+
+def test_state_standardisation_is_applied_and_checked() -> None:
+    state_dim, action_dim = 3, 2
+    q = QEnsemble(2, None, state_dim, action_dim, hidden=(8,))
+    state, action = torch.randn(6, state_dim) * 5 + 2, torch.rand(6, action_dim) * 2 - 1
+    mean, std = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([5.0, 0.1, 1.0])
+    raw = q(None, (state - mean) / std, action)  # identity statistics: the standardised input by hand
+    set_state_statistics([q], mean, std)
+    torch.testing.assert_close(q(None, state, action), raw)
+    assert not torch.allclose(q(None, (state - mean) / std, action), raw)
+    with pytest.raises(ValueError, match="positive standard deviation"):
+        set_state_statistics([q], mean, torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        set_state_statistics([q], mean[:2], std[:2])

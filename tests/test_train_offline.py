@@ -157,3 +157,20 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
     assert "success" in main_out
     result = json.loads((out / "eval-closed" / "eval.json").read_text())
     assert result["eval/episodes"] == 2.0 and len(result["per_episode"]) == 2
+
+
+def test_state_standardisation_comes_from_the_training_data_and_ships_with_the_policy(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    from robot_rl.policy import Policy
+
+    run = train_offline(config(datasets, tmp_path / "norm", steps=2, log_every=1))
+    task = load_dataset(datasets["task"], keys=("state", "privileged"))
+    prior = load_dataset(datasets["prior"], keys=("state", "privileged"))
+    mean, std = offline.state_statistics([task, prior], True, 0.01)
+    states = np.concatenate([np.concatenate([s.states, s.privileged], axis=1) for s in (task, prior)])  # type: ignore[list-item]
+    np.testing.assert_allclose(mean.numpy(), states.mean(axis=0), rtol=1e-5, atol=1e-6)
+    assert float(std.min()) == pytest.approx(0.01)  # floored: constant coordinates (a parked blocker) do not blow up
+    weights = Policy.load(run / "policy").actor.state_dict()
+    torch.testing.assert_close(weights["encoder.state_mean"], mean)
+    torch.testing.assert_close(weights["encoder.state_std"], std)

@@ -13,6 +13,7 @@ from robot_rl.networks.modules import (
     EnsembleObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
+    set_state_statistics,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "EnsembleObservationEncoder",
     "QEnsemble",
     "TanhGaussianActor",
+    "set_state_statistics",
 ]

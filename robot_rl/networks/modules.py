@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,7 +117,9 @@ class EnsembleObservationEncoder(nn.Module):
     """Features of an observation for each of N members: CNN features of the image (if any) and the state vector.
 
     Without an image the features are the state itself (the MLP head does the work); with both, the state is
-    appended to the image features.
+    appended to the image features. The state is standardised first, (state - state_mean) / state_std, with
+    statistics set from the training data (`set_state_statistics`); they are buffers, so checkpoints and exported
+    policies carry them. The default (0, 1) leaves the state as it is.
     """
 
     def __init__(
@@ -132,6 +134,19 @@ class EnsembleObservationEncoder(nn.Module):
         self.conv = EnsembleConvEncoder(members, image_shape, conv) if image_shape is not None else None
         self.state_dim = state_dim
         self.output_dim = (self.conv.output_dim if self.conv is not None else 0) + state_dim
+        self.state_mean: Tensor
+        self.state_std: Tensor
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    def set_state_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise states with this mean and standard deviation (each (S,), std > 0) from now on."""
+        if mean.shape != (self.state_dim,) or std.shape != (self.state_dim,):
+            raise ValueError(f"state statistics must have shape ({self.state_dim},), got {mean.shape}, {std.shape}")
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all() and (std > 0).all()):
+            raise ValueError("state statistics must be finite with a positive standard deviation")
+        self.state_mean.copy_(mean)
+        self.state_std.copy_(std)
 
     def forward(self, image: Tensor | None, state: Tensor) -> Tensor:
         """image (B, C, H, W) or None, state (B, S) -> (N, B, F)."""
@@ -141,8 +156,17 @@ class EnsembleObservationEncoder(nn.Module):
                 raise ValueError("this encoder was built for images, but the observation has none")
             parts.append(self.conv(image))  # (N, B, Fi)
         if self.state_dim:
+            state = (state - self.state_mean) / self.state_std
             parts.append(state.unsqueeze(0).expand(self.members, -1, -1))  # (N, B, S)
         return torch.cat(parts, dim=-1)
+
+
+def set_state_statistics(modules: Iterable[nn.Module], mean: Tensor, std: Tensor) -> None:
+    """Set the state standardisation of every observation encoder inside `modules`."""
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, EnsembleObservationEncoder):
+                sub.set_state_statistics(mean.to(sub.state_mean), std.to(sub.state_std))
 
 
 class QEnsemble(nn.Module):

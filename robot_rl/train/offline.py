@@ -32,6 +32,7 @@ from robot_rl.algos.bc import BC, BCConfig
 from robot_rl.algos.cql import CQL, CQLConfig
 from robot_rl.data.replay import Batch, TransitionStore, concatenate, load_dataset
 from robot_rl.data.validate import check_compatible
+from robot_rl.networks import set_state_statistics
 from robot_rl.replay.mixing import CogMixSampler, Sampler, UniformSampler
 from robot_rl.runs import new_run_dir, write_run_record
 from robot_rl.train.evaluate import EvalConfig, evaluate_parallel
@@ -71,6 +72,10 @@ class OfflineConfig:
     steps: int = 100_000
     """Gradient steps."""
     batch_size: int = 256
+    normalize_state: bool = True
+    """Standardise the state inputs with the mean and standard deviation of the training data (task + prior),
+    the standard deviation floored at `state_std_floor`; stored in checkpoints and exported policies."""
+    state_std_floor: float = 0.01
     augment_pad: int = 4
     """Random-shift augmentation of images (pad and crop, one shift per image); 0 turns it off."""
     seed: int = 0
@@ -141,6 +146,25 @@ def make_agent(cfg: OfflineConfig, task: TransitionStore, device: torch.device) 
     raise AssertionError(cfg.algo)
 
 
+def state_statistics(
+    stores: list[TransitionStore], use_privileged: bool, floor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation (floored) of the states, with the privileged part in state mode, of `stores`."""
+    parts = []
+    for store in stores:
+        states = store.states
+        if use_privileged:
+            if store.privileged is None:
+                raise TrainingError(f"dataset {store.info.name!r} has no privileged state, needed in state mode")
+            states = np.concatenate([states, store.privileged], axis=1)
+        parts.append(np.asarray(states, dtype=np.float64))
+    states = np.concatenate(parts)
+    if not np.all(np.isfinite(states)):
+        raise TrainingError("the datasets hold non-finite states")
+    mean, std = states.mean(axis=0), np.maximum(states.std(axis=0), floor)
+    return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+
+
 def _check_batch(batch: Batch, step: int) -> None:
     for name, array in (("action", batch.action), ("reward", batch.reward), ("state", batch.obs.state)):
         if not np.all(np.isfinite(array)):
@@ -161,6 +185,12 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
     sampler = make_sampler(cfg, task, prior)
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg, task, device)
+    use_privileged = cfg.observation == "state"
+    if cfg.normalize_state:
+        stores = [task] if prior is None or (cfg.algo == "bc" and cfg.bc_data == "task") else [task, prior]
+        mean, std = state_statistics(stores, use_privileged, cfg.state_std_floor)
+        modules = [agent.actor] if isinstance(agent, BC) else [agent.q, agent.q_target, agent.actor]
+        set_state_statistics(modules, mean, std)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     checkpoint = run / "checkpoints" / "latest"
@@ -177,7 +207,6 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         workers=cfg.eval_workers,
         videos=cfg.eval_videos,
     )
-    use_privileged = cfg.observation == "state"
     pad = cfg.augment_pad if cfg.observation == "image" else 0
 
     def save(step: int) -> None:

@@ -1,0 +1,261 @@
+"""Experiment grids: tasks x methods x seeds of offline training, resumable, sequential or in worker processes.
+
+An experiment file (YAML) names the datasets of each task, the config of each method and the seeds:
+
+    name: cog-state
+    scale: small                  # dataset scale; missing datasets are collected from datasets/recipes/
+    seeds: [0, 1, 2]
+    workers: 2                    # runs in parallel; each then trains with 1 thread and evaluates in 1 process
+    base: {observation: state, steps: 20000, cql: {hidden: [256, 256]}}   # OfflineConfig fields for every run
+    tasks:
+      closed_drawer: {task: drawer-closed-task, prior: drawer-closed-prior}  # recipe names or dataset folders
+    methods:
+      cog: {algo: cog}
+      bc_all: {algo: bc, bc_data: all}
+
+Every run gets OUT/<task>/<method>/seed<k>/ (a normal run folder plus cell.json). Running the same file again
+skips finished runs, resumes interrupted ones from their checkpoint and starts the rest; a run whose recorded
+config differs from what the file now asks for is refused rather than silently mixed. `robot-rl report OUT`
+turns the folder into tables and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import traceback
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robot_rl.runs import _jsonable, config_from_dict, software_versions
+from robot_rl.train.offline import OfflineConfig, train_offline, train_result
+
+EXPERIMENT_KEYS = {"name", "out", "scale", "seeds", "workers", "base", "tasks", "methods", "datasets_root"}
+TASK_KEYS = {"task", "prior", "config"}
+
+
+class ExperimentError(ValueError):
+    """An experiment file that cannot be run; the message names the file and the entry."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    task: str
+    method: str
+    seed: int
+    config: OfflineConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.method}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    out: Path
+    scale: str
+    seeds: tuple[int, ...]
+    workers: int
+    datasets_root: Path
+    recipes: dict[str, Path]
+    """Recipe files of datasets that are named by recipe (collected when missing)."""
+    cells: tuple[Cell, ...]
+    source: dict[str, Any]
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ExperimentError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def load_experiment(path: Path, recipes_dir: Path = Path("datasets/recipes")) -> Experiment:
+    """Read and check an experiment file: every run's config is built (and type-checked) here, before any work."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ExperimentError(f"{path}: cannot read experiment ({e})") from e
+    raw = _mapping(raw, str(path))
+    unknown = set(raw) - EXPERIMENT_KEYS
+    if unknown:
+        raise ExperimentError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(EXPERIMENT_KEYS)}")
+    for key in ("name", "tasks", "methods"):
+        if key not in raw:
+            raise ExperimentError(f"{path}: missing {key!r}")
+    name = str(raw["name"])
+    scale = str(raw.get("scale", "small"))
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    workers = raw.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ExperimentError(f"{path}: workers must be an integer >= 1, got {workers!r}")
+    out = Path(raw.get("out", f"runs/experiments/{name}"))
+    root = Path(raw.get("datasets_root", "datasets"))
+    base = _mapping(raw.get("base"), f"{path}: base")
+    if workers > 1:  # runs share the cores: one thread and one evaluation process each, unless the file says
+        base = _merge({"threads": 1, "eval_workers": 1}, base)
+    tasks, methods = _mapping(raw["tasks"], f"{path}: tasks"), _mapping(raw["methods"], f"{path}: methods")
+    if not tasks or not methods:
+        raise ExperimentError(f"{path}: tasks and methods must not be empty")
+
+    recipes: dict[str, Path] = {}
+
+    def dataset(value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise ExperimentError(f"{where}: expected a recipe name or a dataset folder, got {value!r}")
+        if Path(value).is_dir():
+            return value
+        recipe = recipes_dir / f"{value}.yaml"
+        if not recipe.is_file():
+            raise ExperimentError(f"{where}: {value!r} is neither a dataset folder nor a recipe in {recipes_dir}")
+        folder = root / f"{value}-{scale}-v0"
+        recipes[str(folder)] = recipe
+        return str(folder)
+
+    cells = []
+    for task_name, task_entry in tasks.items():
+        where = f"{path}: tasks.{task_name}"
+        entry = _mapping(task_entry, where)
+        if set(entry) - TASK_KEYS or "task" not in entry:
+            raise ExperimentError(f"{where}: needs 'task' and may have 'prior' and 'config', got {sorted(entry)}")
+        data = {"task": dataset(entry["task"], f"{where}.task")}
+        if "prior" in entry:
+            data["prior"] = dataset(entry["prior"], f"{where}.prior")
+        task_config = _mapping(entry.get("config"), f"{where}.config")
+        for method_name, method_entry in methods.items():
+            method_config = _mapping(method_entry, f"{path}: methods.{method_name}")
+            for seed in seeds:
+                merged = _merge(_merge(_merge(base, task_config), method_config), data)
+                merged.update(seed=seed, out=str(out / task_name / method_name / f"seed{seed}"), progress=False)
+                label = f"{path}: {task_name}/{method_name}/seed{seed}"
+                try:
+                    config = config_from_dict(OfflineConfig, merged, label)
+                except ValueError as e:
+                    raise ExperimentError(str(e)) from e
+                if config.resume is not None:
+                    raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
+                cells.append(Cell(str(task_name), str(method_name), seed, config))
+    return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw)
+
+
+def cell_status(cell: Cell) -> str:
+    """'done' (finished with its final evaluation), 'partial' (has a checkpoint to resume from) or 'new'."""
+    run = cell.config.out
+    assert run is not None
+    if not (run / "run.json").exists():
+        return "new"
+    recorded = json.loads((run / "run.json").read_text())["config"]
+    if recorded != _jsonable(cell.config):
+        changed = sorted(k for k in set(recorded) | set(_jsonable(cell.config))
+                         if recorded.get(k) != _jsonable(cell.config).get(k))  # fmt: skip
+        raise ExperimentError(
+            f"{cell.label}: {run} was run with a different config ({', '.join(changed)} differ); move it away or "
+            "restore the experiment file"
+        )
+    if (run / "metrics.jsonl").exists() and train_result(run).get("step") == cell.config.steps:
+        return "done"
+    return "partial" if (run / "checkpoints" / "latest").exists() else "new"
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Train one cell (resuming if it has a checkpoint); returns its last evaluation, or the error."""
+    run = cell.config.out
+    assert run is not None
+    try:
+        status = cell_status(cell)
+        if status == "done":
+            return {"label": cell.label, "status": "done", **train_result(run)}
+        if status == "new" and run.exists():  # a start that died before its first checkpoint: start over
+            for name in ("metrics.jsonl", "error.txt"):
+                (run / name).unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "cell.json").write_text(
+            json.dumps({"task": cell.task, "method": cell.method, "seed": cell.seed}, indent=2) + "\n"
+        )
+        train_offline(cell.config, resume=run if status == "partial" else None)
+        return {"label": cell.label, "status": "trained", **train_result(run)}
+    except Exception as e:  # one failed run must not stop the grid; it is reported and left resumable
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "error.txt").write_text(traceback.format_exc())
+        return {"label": cell.label, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def ensure_datasets(experiment: Experiment, workers: int | None = None, progress: bool = True) -> list[Path]:
+    """Collect every dataset the experiment names by recipe and that does not exist yet (resumable too)."""
+    from sim_envs.collect import collect, load_recipe
+
+    made = []
+    for folder, recipe_path in experiment.recipes.items():
+        if (Path(folder) / "data" / "main_data.hdf5").exists():
+            continue
+        recipe = load_recipe(recipe_path)
+        made.append(collect(recipe, experiment.scale, experiment.datasets_root, workers, progress).folder)
+    return made
+
+
+def run_experiment(
+    experiment: Experiment, on_result: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Run every cell that is not finished; `experiment.workers` at a time. Returns one result per cell."""
+    experiment.out.mkdir(parents=True, exist_ok=True)
+    record = {"experiment": experiment.source, "versions": software_versions()}
+    (experiment.out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
+    for cell in experiment.cells:
+        cell_status(cell)  # refuse a changed config before any work starts
+    results = []
+    if experiment.workers == 1:
+        for cell in experiment.cells:
+            results.append(run_cell(cell))
+            if on_result:
+                on_result(results[-1])
+        return results
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(experiment.workers, mp_context=context) as pool:
+        for result in pool.map(run_cell, experiment.cells):
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
+
+
+def describe(experiment: Experiment) -> str:
+    counts: dict[str, int] = {}
+    for cell in experiment.cells:
+        status = cell_status(cell)
+        counts[status] = counts.get(status, 0) + 1
+    tasks = sorted({c.task for c in experiment.cells})
+    methods = sorted({c.method for c in experiment.cells})
+    return (
+        f"experiment {experiment.name}: {len(tasks)} tasks x {len(methods)} methods x {len(experiment.seeds)} seeds "
+        f"= {len(experiment.cells)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+        f"{experiment.workers} at a time; output {experiment.out}"
+    )
+
+
+def replace_steps(experiment: Experiment, **overrides: Any) -> Experiment:
+    """The experiment with some OfflineConfig fields replaced in every cell (used by tests and the demo)."""
+    cells = tuple(dataclasses.replace(c, config=dataclasses.replace(c.config, **overrides)) for c in experiment.cells)
+    return dataclasses.replace(experiment, cells=cells)

@@ -1,0 +1,207 @@
+"""Reports over training runs: success per task and method (mean +- standard error over seeds), learning curves
+and success bars.
+
+Runs are found by their run.json below the given folders. A run made by `robot-rl experiment` names its task,
+method and seed in cell.json; any other training run is filed under its task dataset's task and its algorithm.
+The final success of a run is its last evaluation, and only runs that reached their configured step count count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robot_rl.train.logger import read_metrics
+
+
+@dataclass
+class RunSummary:
+    folder: Path
+    task: str
+    method: str
+    seed: int
+    steps: int
+    """Configured gradient steps."""
+    finished: bool
+    success: float | None
+    ever_success: float | None
+    episodes: int
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    """(step, eval success) of every evaluation."""
+    observation: str = ""
+    eval_condition: str = ""
+
+
+def _task_of(config: dict[str, Any]) -> str:
+    task = config.get("task")
+    if task:
+        metadata = Path(task) / "data" / "metadata.json"
+        if metadata.exists():
+            recipe = json.loads(metadata.read_text()).get("recipe", {})
+            if isinstance(recipe, dict) and recipe.get("task"):
+                return str(recipe["task"])
+        return Path(task).name
+    return "unknown"
+
+
+def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
+    """Every training run below `paths` (a run folder itself counts), sorted by task, method and seed."""
+    runs = []
+    for root in paths:
+        if not root.exists():
+            raise FileNotFoundError(f"no such folder: {root}")
+        for record_path in sorted(root.rglob("run.json")):
+            record = json.loads(record_path.read_text())
+            if record.get("command") != "train":
+                continue
+            folder, config = record_path.parent, record["config"]
+            cell_path = folder / "cell.json"
+            cell = json.loads(cell_path.read_text()) if cell_path.exists() else {}
+            rows = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+            evals = [r for r in rows if "eval/success" in r]
+            last = evals[-1] if evals else {}
+            steps = int(config.get("steps", 0))
+            runs.append(
+                RunSummary(
+                    folder=folder,
+                    task=str(cell.get("task") or _task_of(config)),
+                    method=str(cell.get("method") or config.get("algo", "unknown")),
+                    seed=int(cell.get("seed", config.get("seed", 0))),
+                    steps=steps,
+                    finished=bool(last) and int(last["step"]) >= steps,
+                    success=float(last["eval/success"]) if last else None,
+                    ever_success=float(last["eval/ever_success"]) if last else None,
+                    episodes=int(last.get("eval/episodes", 0)) if last else 0,
+                    curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
+                    observation=str(config.get("observation", "")),
+                    eval_condition=str(config.get("eval_condition") or ""),
+                )
+            )
+    return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
+
+
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n)); s.e. is nan for one value."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else math.nan
+    return float(x.mean()), se
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    mean, se = mean_se(values)
+    return f"{mean:.2f} ± {se:.2f} (n={len(values)})" if not math.isnan(se) else f"{mean:.2f} (n=1)"
+
+
+def summarise(runs: Sequence[RunSummary]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {method: {success_mean, success_se, ever_mean, ever_se, seeds, unfinished}}} over finished runs."""
+    grouped: dict[str, dict[str, list[RunSummary]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        grouped[run.task][run.method].append(run)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for task, methods in grouped.items():
+        out[task] = {}
+        for method, members in methods.items():
+            done = [r for r in members if r.finished and r.success is not None]
+            s_mean, s_se = mean_se([r.success for r in done if r.success is not None])
+            e_mean, e_se = mean_se([r.ever_success for r in done if r.ever_success is not None])
+            out[task][method] = {
+                "success_mean": s_mean, "success_se": s_se, "ever_mean": e_mean, "ever_se": e_se,
+                "seeds": [r.seed for r in done], "per_seed": [r.success for r in done],
+                "episodes": sorted({r.episodes for r in done}), "unfinished": [str(r.folder) for r in members
+                                                                              if not r.finished],
+            }  # fmt: skip
+    return out
+
+
+def markdown_table(runs: Sequence[RunSummary], key: str = "success") -> str:
+    """Tasks as rows, methods as columns: mean ± s.e. over the finished seeds of the final (or ever) success."""
+    tasks = sorted({r.task for r in runs})
+    methods = sorted({r.method for r in runs}, key=_method_order)
+    lines = ["| task | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for task in tasks:
+        cells = []
+        for method in methods:
+            done = [r for r in runs if r.task == task and r.method == method and r.finished]
+            values = [getattr(r, key) for r in done if getattr(r, key) is not None]
+            cells.append(_cell(values))
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _method_order(method: str) -> tuple[int, str]:
+    order = ["cog", "cql", "sac", "bc_all", "bc", "bc_task"]
+    return (order.index(method) if method in order else len(order), method)
+
+
+def write_report(paths: Sequence[Path], out: Path) -> Path:
+    """report.md, results.json, curves_<task>.png and success_bars.png in `out`."""
+    from robot_rl.media import bar_chart, curve_chart, write_png
+
+    runs = find_runs(paths)
+    if not runs:
+        raise FileNotFoundError(f"no training runs (run.json with command 'train') below {', '.join(map(str, paths))}")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(runs)
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tasks = sorted(summary)
+    methods = sorted({r.method for r in runs}, key=_method_order)
+    images = []
+    for task in tasks:
+        lines = {}
+        for method in methods:
+            curves = [r.curve for r in runs if r.task == task and r.method == method and r.curve]
+            if not curves:
+                continue
+            steps = sorted({s for c in curves for s, _ in c})
+            # Mean over the seeds that have an evaluation at each step (all of them, for finished runs).
+            means = [float(np.mean([v for c in curves for s, v in c if s == step])) for step in steps]
+            lines[method] = (steps, means)
+        if lines:
+            images.append(write_png(out / f"curves_{task}.png", curve_chart(f"{task}: eval success", lines)))
+    bars = {task: {m: (v["success_mean"], v["success_se"]) for m, v in summary[task].items()} for task in tasks}
+    images.append(write_png(out / "success_bars.png", bar_chart("final success (mean ± s.e. over seeds)", bars)))
+    modes = sorted({r.observation for r in runs if r.observation})
+    unfinished = [r for r in runs if not r.finished]
+    text = [
+        "# Results",
+        "",
+        f"Runs: {len(runs)} ({len(unfinished)} unfinished, left out of the tables); observation: "
+        f"{', '.join(modes) or '?'}. Final success = task success at the last step of each evaluation episode, at "
+        "the end of training, from the task's hard initial condition; mean ± standard error over seeds.",
+        "",
+        "## Final success",
+        "",
+        markdown_table(runs, "success"),
+        "",
+        "## Ever succeeded (at any step of the episode)",
+        "",
+        markdown_table(runs, "ever_success"),
+        "",
+        "## Plots",
+        "",
+        *[f"![{p.stem}]({p.name})" for p in images],
+        "",
+        "## Runs",
+        "",
+        "| task | method | seed | steps | success | episodes | folder |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r.task} | {r.method} | {r.seed} | {r.curve[-1][0] if r.curve else 0}/{r.steps} | "
+            f"{'-' if r.success is None else f'{r.success:.2f}'} | {r.episodes} | {r.folder} |"
+            for r in runs
+        ],
+        "",
+    ]
+    (out / "report.md").write_text("\n".join(text))
+    return out / "report.md"

@@ -1,0 +1,184 @@
+"""Experiment grids and reports, on tiny real datasets: config checking, resumption, refusal of changed configs,
+and the numbers in the report's table."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from robot_rl.experiment import ExperimentError, cell_status, load_experiment, run_experiment
+from robot_rl.report import find_runs, mean_se, write_report
+from robot_rl.runs import write_run_record
+from robot_rl.train.logger import read_metrics
+from robot_rl.train.offline import train_offline
+from sim_envs.collect import collect, load_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("datasets")
+    out = {}
+    for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
+        recipe = dataclasses.replace(
+            load_recipe(RECIPES / f"{file}.yaml"), episodes={"smoke": 3, "small": 3, "paper": 3}
+        )
+        out[key] = collect(recipe, "smoke", root, workers=1, progress=False).folder
+    return out
+
+
+def write_experiment(path: Path, datasets: dict[str, Path], out: Path, **changes: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": "tiny",
+        "out": str(out),
+        "seeds": [0, 1],
+        "workers": 1,
+        "base": {
+            "observation": "state",
+            "steps": 6,
+            "batch_size": 8,
+            "eval_every": 3,
+            "eval_episodes": 2,
+            "eval_workers": 1,
+            "eval_videos": 0,
+            "checkpoint_every": 3,
+            "log_every": 3,
+            "threads": 1,
+            "cql": {"hidden": [16, 16]},
+            "bc": {"hidden": [16, 16]},
+        },
+        "tasks": {"closed_drawer": {"task": str(datasets["task"]), "prior": str(datasets["prior"])}},
+        "methods": {"cog": {"algo": "cog"}, "bc_all": {"algo": "bc", "bc_data": "all"}},
+    }
+    spec.update(changes)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_grid_is_expanded_with_merged_configs(datasets: dict[str, Path], tmp_path: Path) -> None:
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", workers=2))
+    labels = [f"closed_drawer/{m}/seed{s}" for m in ("cog", "bc_all") for s in (0, 1)]
+    assert [c.label for c in exp.cells] == labels
+    cog, bc = exp.cells[1].config, exp.cells[2].config
+    assert (cog.algo, cog.seed, cog.steps, cog.cql.hidden) == ("cog", 1, 6, (16, 16))
+    assert (bc.algo, bc.bc_data, bc.prior) == ("bc", "all", datasets["prior"])
+    assert cog.out == tmp_path / "out" / "closed_drawer" / "cog" / "seed1"
+    # With parallel runs each trains on one thread and evaluates in one process (the file did not say otherwise).
+    assert cog.threads == 1 and cog.eval_workers == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"methods": {"cog": {"algo": "cog", "stepz": 3}}}, "unknown fields ['stepz']"),
+        ({"methods": {"cog": {"algo": "dqn"}}}, "'dqn' is not one of"),
+        ({"tasks": {"t": {"task": "no-such-recipe"}}}, "neither a dataset folder nor a recipe"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"workerz": 2}, "unknown keys ['workerz']"),
+    ],
+)
+def test_bad_experiment_files_are_refused_with_the_entry_named(
+    datasets: dict[str, Path], tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    path = write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", **change)
+    with pytest.raises(ExperimentError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_experiment(path)
+
+
+def test_recipe_names_resolve_to_dataset_folders_of_the_scale(datasets: dict[str, Path], tmp_path: Path) -> None:
+    path = write_experiment(
+        tmp_path / "e.yaml", datasets, tmp_path / "out", scale="smoke", datasets_root=str(tmp_path / "d"),
+        tasks={"closed_drawer": {"task": "drawer-closed-task", "prior": "drawer-closed-prior"}},
+    )  # fmt: skip
+    exp = load_experiment(path, recipes_dir=RECIPES)
+    assert exp.cells[0].config.task == tmp_path / "d" / "drawer-closed-task-smoke-v0"
+    assert set(exp.recipes.values()) == {RECIPES / "drawer-closed-task.yaml", RECIPES / "drawer-closed-prior.yaml"}
+
+
+def test_grid_runs_resumes_and_reports(datasets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out))
+    # Interrupt one run after its first checkpoint: train it to step 3 by hand, as if killed there.
+    first = exp.cells[0]
+    short = dataclasses.replace(first, config=dataclasses.replace(first.config, steps=3))
+    run = train_offline(short.config)
+    write_run_record(run, "train", first.config)  # as the experiment started it
+    assert cell_status(first) == "partial"
+
+    results = run_experiment(exp)
+    assert [r["status"] for r in results] == ["trained"] * 4
+    assert all(cell_status(c) == "done" for c in exp.cells)
+    steps = [row["step"] for row in read_metrics(run / "metrics.jsonl")]
+    assert max(steps) == 6  # the interrupted run went on from its checkpoint to the end
+
+    again = run_experiment(exp)  # nothing left to do
+    assert [r["status"] for r in again] == ["done"] * 4
+
+    report = write_report([out], out / "report")
+    runs = find_runs([out])
+    assert len(runs) == 4 and all(r.finished for r in runs)
+    cog = [r.success for r in runs if r.method == "cog"]
+    mean, se = mean_se([v for v in cog if v is not None])
+    text = report.read_text()
+    assert f"{mean:.2f} ± {se:.2f} (n=2)" in text
+    assert (out / "report" / "success_bars.png").exists() and (out / "report" / "curves_closed_drawer.png").exists()
+    summary = json.loads((out / "report" / "results.json").read_text())
+    assert summary["closed_drawer"]["bc_all"]["seeds"] == [0, 1]
+
+
+def test_a_changed_config_is_refused_not_mixed(datasets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0]))
+    run_experiment(dataclasses.replace(exp, cells=exp.cells[:1]))
+    changed = write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0], methods={"cog": {"algo": "cog",
+                               "batch_size": 4}, "bc_all": {"algo": "bc"}})  # fmt: skip
+    with pytest.raises(ExperimentError, match=r"different config .*batch_size"):
+        run_experiment(load_experiment(changed))
+
+
+def test_a_failing_run_is_reported_and_the_grid_goes_on(datasets: dict[str, Path], tmp_path: Path) -> None:
+    path = write_experiment(
+        tmp_path / "e.yaml", datasets, tmp_path / "out", seeds=[0],
+        methods={"cog_without_prior": {"algo": "cog", "prior": None}, "bc": {"algo": "bc"}},
+    )  # fmt: skip
+    # A task entry's prior is merged last, so drop it from the task to make the cog run fail for real.
+    spec = yaml.safe_load(path.read_text())
+    del spec["tasks"]["closed_drawer"]["prior"]
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    results = run_experiment(load_experiment(path))
+    assert [r["status"] for r in results] == ["failed", "trained"]
+    assert "needs a prior dataset" in results[0]["error"]
+    assert (tmp_path / "out" / "closed_drawer" / "cog_without_prior" / "seed0" / "error.txt").exists()
+
+
+def test_mean_and_standard_error() -> None:
+    mean, se = mean_se([0.2, 0.4, 0.9])
+    assert mean == pytest.approx(0.5)
+    assert se == pytest.approx(math.sqrt(((0.3**2) + (0.1**2) + (0.4**2)) / 2) / math.sqrt(3))
+    assert math.isnan(mean_se([0.7])[1])
+
+
+def test_demo_command_trains_reports_and_prints_both_success_rates(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robot_rl.cli import main
+
+    path = write_experiment(tmp_path / "demo.yaml", datasets, tmp_path / "out", seeds=[0])
+    main(["demo", "--experiment", str(path)])
+    printed = capsys.readouterr().out
+    runs = {r.method: r for r in find_runs([tmp_path / "out"])}
+    for method in ("cog", "bc_all"):
+        assert f"{method:>8} on closed_drawer: success {runs[method].success:.2f} from" in printed
+    assert f"report: {tmp_path / 'out' / 'report' / 'report.md'}" in printed
+    # The experiment and report commands see the finished grid.
+    main(["experiment", str(path), "--dry-run"])
+    assert "2 done" in capsys.readouterr().out
+    main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")])
+    assert "| closed_drawer |" in capsys.readouterr().out and (tmp_path / "r" / "report.md").exists()
