@@ -136,6 +136,8 @@ def reference_critic_loss(
         terms.append(q(None, s, uniform[:, j]) - (-A * math.log(2)))
         terms.append(q(None, s, policy[:, j]) - policy_log_prob[:, j])
         terms.append(q(None, s, next_policy[:, j]) - next_policy_log_prob[:, j])
+    if not cfg.importance_sampling:  # log of the mean of exp Q over the 3K samples
+        terms = [q(None, s, a[:, j]) - math.log(3 * K) for j in range(K) for a in (uniform, policy, next_policy)]
     logsumexp = torch.logsumexp(torch.stack(terms, dim=-1), dim=-1)  # (N, B)
     conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N,)
     td = ((q_data - y) ** 2).mean(dim=1)  # (N,)
@@ -153,12 +155,14 @@ def snapshot(agent: CQL) -> dict[str, dict[str, Tensor]]:
 
 
 # -- the critic loss against its equation --------------------------------------------------------------------------
-@pytest.mark.parametrize("members", [1, 2])
-def test_critic_loss_equals_the_equation(monkeypatch: pytest.MonkeyPatch, members: int) -> None:
+@pytest.mark.parametrize(("members", "importance_sampling"), [(1, True), (2, True), (2, False)])
+def test_critic_loss_equals_the_equation(
+    monkeypatch: pytest.MonkeyPatch, members: int, importance_sampling: bool
+) -> None:
     q, q_target, actor = state_networks(members)
     batch = make_batch(terminated=[1, 0, 0, 1, 0, 0], truncated=[0, 1, 0, 1, 0, 1])
     draws = Draws(batch)
-    cfg = CQLConfig(discount=0.9, sampled_actions=K)
+    cfg = CQLConfig(discount=0.9, sampled_actions=K, importance_sampling=importance_sampling)
     loss, conservative, metrics = patched_critic_loss(monkeypatch, draws, q, q_target, actor, batch, 0.3, 0.7, cfg)
     expected, expected_conservative, y = reference_critic_loss(draws, q, q_target, batch, 0.3, 0.7, cfg)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)

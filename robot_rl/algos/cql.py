@@ -61,6 +61,10 @@ class CQLConfig:
     """tau of the Lagrange version: the aimed-for gap between the log-sum-exp and the data's Q."""
     sampled_actions: int = 1
     """K: uniform and policy actions sampled per observation for the conservative term (COG 1, CQL paper 10)."""
+    importance_sampling: bool = True
+    """Divide each sampled action's exp Q by its density in the log-sum-exp (CQL(H) as in the authors' code). Off,
+    the log-sum-exp runs over the raw Q-values (uniform weights): a concentrated policy's actions are then pushed
+    down as hard as uniform ones, where importance weights 1/pi(a|s) let them escape the penalty."""
     backup: Literal["entropy", "deterministic"] = "deterministic"
     """Entropy term in the TD target or not (COG: deterministic)."""
     bc_warm_start_steps: int = 0
@@ -110,6 +114,8 @@ def critic_loss(
         ],
         dim=1,
     )  # (B, 3K)
+    if not cfg.importance_sampling:
+        log_density = torch.full_like(log_density, math.log(3 * k))  # uniform weights over the 3K samples
     logsumexp = torch.logsumexp(q_all[:, :, 1:] - log_density.unsqueeze(0), dim=2)  # (N, B)
     conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N,)
     penalty = cql_weight * (conservative - cfg.target_gap) if cfg.lagrange else cql_weight * conservative
