@@ -303,14 +303,15 @@ def test_bc_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
         batch: TorchBatch,
         alpha: Tensor,
         bc: bool,
+        margin: float,
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         rng = torch.get_rng_state()
-        result = original(q, actor, features, critic_features, batch, alpha, bc)
+        result = original(q, actor, features, critic_features, batch, alpha, bc, margin)
         rng_after = torch.get_rng_state()
         torch.set_rng_state(rng)  # redraw the same a~ for the expected values
         with torch.no_grad():
             action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
-            as_bc = (alpha * log_prob[:, 0] - actor.log_prob(features, batch.action)).mean().item()
+            as_bc = (alpha * log_prob[:, 0] - actor.log_prob(features, batch.action, eps=margin)).mean().item()
             as_q = (alpha * log_prob[:, 0] - q.q(critic_features, action).min(dim=0).values[:, 0]).mean().item()
         torch.set_rng_state(rng_after)
         seen.append((bc, result[0].item(), as_bc, as_q))

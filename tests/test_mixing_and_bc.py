@@ -290,7 +290,7 @@ def test_bc_loss_is_the_negative_log_likelihood() -> None:
     actor = BC(BCConfig(hidden=(16,)), None, 6, A).actor
     batch = state_batch()
     loss, metrics = bc_loss(actor, batch)
-    by_hand = -actor.log_prob(actor.encode(None, batch.obs.state), batch.action).mean()
+    by_hand = -actor.log_prob(actor.encode(None, batch.obs.state), batch.action, eps=0.01).mean()
     torch.testing.assert_close(loss, by_hand)
     assert metrics["actor/loss"] == pytest.approx(by_hand.item())
     with torch.no_grad():
@@ -341,3 +341,21 @@ def test_bc_trains_on_a_mixed_batch(task_store: TransitionStore, prior_store: Tr
     conv = ConvConfig(channels=(4,), pool=(False,))
     agent = BC(BCConfig(hidden=(8,), conv=conv), (H, W, 3), S, A)
     assert np.isfinite(agent.update(batch)["actor/loss"])
+
+
+@pytest.mark.parametrize(("margin", "wide"), [(0.01, False), (1e-6, True)])
+def test_saturated_actions_do_not_widen_the_policy(margin: float, wide: bool) -> None:
+    """Half the data says exactly 1.0 (a clipped gripper command), half 0.85 (a noisy one), at the same state. With
+    the margin the fitted pre-tanh spread stays narrow (tanh(mu +- sigma) keeps the command's sign); without it the
+    Gaussian must reach atanh(1 - 1e-6) = 7.3 and atanh(0.85) = 1.3 at once."""
+    agent = BC(BCConfig(hidden=(16,), actor_lr=1e-2, action_margin=margin), None, 2, 1)
+    state = torch.zeros(64, 2)
+    action = torch.where(torch.arange(64) % 2 == 0, 1.0, 0.85).unsqueeze(1)
+    zeros = torch.zeros(64)
+    batch = TorchBatch(TorchObs(None, state), action, zeros, TorchObs(None, state), zeros, zeros)
+    for _ in range(400):
+        agent.update(batch)
+    with torch.no_grad():
+        _, log_std = agent.actor.distribution(agent.actor.encode(None, state[:1]))
+    sigma = float(log_std.exp())
+    assert (sigma > 2.5) if wide else (sigma < 0.8), sigma  # the optima: 3.0 and (2.65 - 1.26) / 2 = 0.7

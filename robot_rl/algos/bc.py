@@ -33,9 +33,13 @@ class BCConfig:
     """Image encoder of the actor (COG's by default)."""
     weight_decay: float = 0.0
     """L2 penalty through Adam's `weight_decay` (robomimic's `regularization.L2`); 0 as in COG."""
+    action_margin: float = 0.01
+    """Data actions are clamped to [-1 + margin, 1 - margin] in the likelihood. Saturated commands (a gripper
+    at exactly +-1) are otherwise atanh(1 - 1e-6) = 7.3 away in the Gaussian's space, next to noisy ones at 0.85
+    (atanh 1.3): fitting both gave the gripper a standard deviation near 3, so sampled actions flipped it."""
 
 
-def bc_loss(actor: TanhGaussianActor, batch: TorchBatch) -> tuple[Tensor, dict[str, float]]:
+def bc_loss(actor: TanhGaussianActor, batch: TorchBatch, margin: float = 0.01) -> tuple[Tensor, dict[str, float]]:
     """L_BC = -mean log pi(a|s) over the batch (see the module docstring). Returns (loss, metrics).
 
     The metrics add what the likelihood hides: how far the deterministic action tanh(mu(s)) is from the data's
@@ -43,7 +47,7 @@ def bc_loss(actor: TanhGaussianActor, batch: TorchBatch) -> tuple[Tensor, dict[s
     likelihood of well-fit samples while the rest get worse).
     """
     features = actor.encode(batch.obs.image, batch.obs.state)  # (B, F)
-    log_prob = actor.log_prob(features, batch.action)  # (B,)
+    log_prob = actor.log_prob(features, batch.action, eps=margin)  # (B,)
     loss = -log_prob.mean()
     with torch.no_grad():
         mean, log_std = actor.distribution(features)  # (B, A), (B, A)
@@ -73,7 +77,7 @@ class BC:
         self.steps = 0
 
     def update(self, batch: TorchBatch) -> dict[str, float]:
-        loss, metrics = bc_loss(self.actor, batch)
+        loss, metrics = bc_loss(self.actor, batch, self.cfg.action_margin)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_optimizer.step()

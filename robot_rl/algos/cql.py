@@ -65,10 +65,16 @@ class CQLConfig:
     """Divide each sampled action's exp Q by its density in the log-sum-exp (CQL(H) as in the authors' code). Off,
     the log-sum-exp runs over the raw Q-values (uniform weights): a concentrated policy's actions are then pushed
     down as hard as uniform ones, where importance weights 1/pi(a|s) let them escape the penalty."""
+    target_range: tuple[float, float] | None = None
+    """Clip the TD target y to [low, high]: the returns any policy can have, e.g. (0, 1 / (1 - gamma)) for rewards in
+    [0, 1]. Values outside are impossible; CQL's push-down on the policy's actions otherwise compounds through the
+    bootstrap (each backup loses the gap between the data's action and the policy's), so Q drifts far below 0."""
     backup: Literal["entropy", "deterministic"] = "deterministic"
     """Entropy term in the TD target or not (COG: deterministic)."""
     bc_warm_start_steps: int = 0
     """Train the actor by behaviour cloning for this many first updates (COG: 10000)."""
+    bc_action_margin: float = 0.01
+    """The BC warm start clamps data actions to [-1 + margin, 1 - margin] (see `BCConfig.action_margin`)."""
 
 
 def critic_loss(
@@ -94,6 +100,8 @@ def critic_loss(
         if cfg.backup == "entropy":
             next_v = next_v - alpha * next_log_prob.squeeze(-1)
         target = batch.reward + cfg.discount * (1.0 - batch.terminated) * next_v  # (B,)
+        if cfg.target_range is not None:
+            target = target.clamp(cfg.target_range[0], cfg.target_range[1])
 
         policy_actions, policy_log_prob = actor.sample(actor_features, k)  # (B, K, A), (B, K)
         next_policy_actions, next_policy_log_prob = actor.sample(next_actor_features, k)  # (B, K, A), (B, K)
@@ -137,6 +145,7 @@ def actor_loss(
     batch: TorchBatch,
     alpha: Tensor,
     bc: bool,
+    bc_margin: float = 0.01,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """L_actor; with `bc`, the BC warm start. `features` (B, Fa) are the actor's features of s (with gradient);
     `critic_features` (N, B, F) the critic's, detached, so that only the actor is trained by this loss. Returns
@@ -144,7 +153,11 @@ def actor_loss(
     action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
     log_prob = log_prob.squeeze(1)
     # BC warm start: the data's log-likelihood in place of the critic's value.
-    value = actor.log_prob(features, batch.action) if bc else q.q(critic_features, action).min(dim=0).values[:, 0]
+    value = (
+        actor.log_prob(features, batch.action, eps=bc_margin)
+        if bc
+        else q.q(critic_features, action).min(dim=0).values[:, 0]
+    )
     loss = (alpha.detach() * log_prob - value).mean()
     return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
 
@@ -199,7 +212,14 @@ class CQL:
         self.critic_optimizer.step()
 
         a_loss, log_prob, a_metrics = actor_loss(
-            self.q, self.actor, actor_features, features, batch, alpha, bc=self.steps < cfg.bc_warm_start_steps
+            self.q,
+            self.actor,
+            actor_features,
+            features,
+            batch,
+            alpha,
+            self.steps < cfg.bc_warm_start_steps,
+            cfg.bc_action_margin,
         )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
