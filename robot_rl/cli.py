@@ -16,7 +16,9 @@ import tyro
 
 from robot_rl.data.episodes import DatasetError
 from robot_rl.experiment import ExperimentError
+from robot_rl.policy import CheckpointError
 from robot_rl.runs import new_run_dir, write_run_record
+from robot_rl.train.finetune import FinetuneConfig
 from robot_rl.train.offline import OfflineConfig, TrainingError
 
 
@@ -305,10 +307,27 @@ def report(cmd: ReportCommand) -> Path:
     return path
 
 
+def finetune(cfg: FinetuneConfig) -> Path:
+    from robot_rl.train.finetune import finetune as run_finetune
+    from robot_rl.train.offline import train_result
+
+    if cfg.resume is None and not cfg.runs:
+        raise SystemExit("robot-rl finetune: give --runs RUN [RUN ...] (offline cog/cql runs), or --resume RUN")
+    run = run_finetune(cfg)  # with --resume, the config comes from RUN/run.json (other flags are ignored)
+    last = train_result(run)
+    print(f"\nrun: {run}")
+    if last:
+        print(
+            f"evaluation at {int(last['online_steps'])} online steps: success {last['eval/success']:.2f} "
+            f"(ever {last['eval/ever_success']:.2f}) over {int(last['eval/episodes'])} episodes"
+        )
+    return run
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         _dispatch(args)
-    except (DatasetError, TrainingError, ExperimentError) as e:
+    except (DatasetError, TrainingError, ExperimentError, CheckpointError) as e:
         print(f"robot-rl: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -324,6 +343,7 @@ def _dispatch(args: list[str] | None) -> None:
             "eval": EvalCommand,
             "experiment": ExperimentCommand,
             "report": ReportCommand,
+            "finetune": FinetuneConfig,
         },
         prog="robot-rl",
         description="robot-rl: offline RL with skill stitching (COG), online fine-tuning, and a ROS 2 robot path.",
@@ -346,5 +366,7 @@ def _dispatch(args: list[str] | None) -> None:
             experiment(cfg)
         case ReportCommand():
             report(cfg)
+        case FinetuneConfig():
+            finetune(cfg)
         case _:
             raise AssertionError(f"no command for {type(cfg).__name__}")

@@ -108,3 +108,17 @@ def test_benchmarks_write_their_json(tmp_path: Path, script: str, args: list[str
     result = json.loads(out.read_text())
     for key in keys:
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
+
+
+def test_finetune_without_runs_says_what_it_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="give --runs RUN"):
+        main(["finetune"])
+
+
+def test_finetune_on_a_folder_that_is_not_a_run_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["finetune", "--runs", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert str(tmp_path) in capsys.readouterr().err

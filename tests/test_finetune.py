@@ -1,0 +1,333 @@
+"""Online fine-tuning end to end on the real sim env and tiny real datasets and COG runs: every replay mode, the
+ensemble and the single agent, exact resume without losing online data, bad input; and the pieces it is made of
+(the ensemble agent's TD targets and parameters, the online store) against known answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from robot_rl.algos.batch import to_torch
+from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.algos.density_ratio import DensityRatioConfig
+from robot_rl.algos.ensemble import agent_min_q
+from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig, ensemble_critic_loss
+from robot_rl.data.replay import Batch, Observation
+from robot_rl.replay.online import OnlineStore
+from robot_rl.train import finetune as finetune_module
+from robot_rl.train.finetune import FinetuneConfig, check_runs, finetune, load_agents
+from robot_rl.train.logger import read_metrics
+from robot_rl.train.offline import OfflineConfig, TrainingError, train_offline
+from sim_envs.collect import collect, load_recipe
+
+RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
+HIDDEN = (16, 16)
+
+
+@pytest.fixture(scope="module")
+def cog_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Task and prior datasets of the closed drawer (3 episodes each, no images) and two COG runs of 10 steps on
+    them (seeds 0 and 1)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("finetune")
+    data = {}
+    for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
+        recipe = load_recipe(RECIPES / f"{file}.yaml")
+        recipe = dataclasses.replace(
+            recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs={"include_image": False}
+        )
+        data[key] = collect(recipe, "smoke", root / "datasets", workers=1, progress=False).folder
+    runs = []
+    for seed in (0, 1):
+        cfg = OfflineConfig(task=data["task"], prior=data["prior"], observation="state", steps=10, batch_size=16,
+                            eval_every=0, eval_episodes=1, eval_workers=1, eval_videos=0, checkpoint_every=10,
+                            log_every=5, threads=1, progress=False, seed=seed, out=root / f"cog{seed}",
+                            cql=CQLConfig(hidden=HIDDEN))  # fmt: skip
+        runs.append(train_offline(cfg))
+    return {"runs": tuple(runs), **data}
+
+
+def config(runs: tuple[Path, ...], out: Path, **changes: Any) -> FinetuneConfig:
+    """30 online steps in episodes of 10; 3 burst updates after the first 10 steps, then one per step."""
+    base = FinetuneConfig(
+        runs=runs,
+        online_steps=30,
+        max_episode_steps=10,
+        first_batch=10,
+        burst_updates=3,
+        updates_per_step=1,
+        batch_size=16,
+        log_every=5,
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=10,
+        threads=1,
+        progress=False,
+        out=out,
+        density_ratio=DensityRatioConfig(hidden=HIDDEN, online_batch_size=16, offline_batch_size=16),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def saved_online(run: Path) -> dict[str, np.ndarray]:
+    with np.load(run / "checkpoints" / "latest" / "online.npz", allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+# -- end to end ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("replay", "ensemble"), [("balanced", True), ("uniform", True), ("online_only", True), ("balanced", False)]
+)
+def test_finetune_runs_in_every_replay_mode(cog_runs: dict[str, Any], tmp_path: Path, replay: str,
+                                            ensemble: bool) -> None:  # fmt: skip
+    run = finetune(config(cog_runs["runs"], tmp_path / "ft", replay=replay, ensemble=ensemble))
+    record = json.loads((run / "run.json").read_text())
+    assert record["command"] == "finetune" and record["config"]["replay"] == replay
+    rows = read_metrics(run / "metrics.jsonl")
+    assert all("online_steps" in r for r in rows)
+    train_rows = [r for r in rows if "train/updates" in r]
+    assert [r["online_steps"] for r in train_rows] == [5, 10, 15, 20, 25, 30]
+    assert train_rows[-1]["train/updates"] == 3 + 20 and train_rows[-1]["train/episodes"] == 3
+    fractions = [r["train/offline_fraction"] for r in train_rows if "train/offline_fraction" in r]
+    assert len(fractions) == 5  # from step 10, the first update
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    if replay == "online_only":
+        assert fractions == [0.0] * 5
+    else:  # 300 offline transitions against at most 30 online ones: most of each batch is offline at first
+        assert fractions[0] > 0.3
+    if replay == "balanced":
+        assert all("density_ratio/js_bound" in r for r in train_rows[1:])
+    else:
+        assert not any("density_ratio/js_bound" in r for r in rows)
+    assert rows[-1]["eval/episodes"] == 1.0 and rows[-1]["online_steps"] == 30
+    assert len(saved_online(run)["actions"]) == 30
+    agent_record = json.loads((run / "checkpoints" / "latest" / "finetune.json").read_text())["agent"]
+    assert agent_record["agents"] == (2 if ensemble else 1) and agent_record["steps"] == 23
+    assert (run / "learning_curves.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("first_batch", "updates_before_crash", "saved"),
+    [
+        (10, 3 + 14, 20),  # crash at online step 25, after the checkpoint at the episode end of step 20
+        (15, 0, 10),  # crash at step 15, the first update; the checkpoint of step 10 precedes the first batch
+    ],
+)
+def test_an_interrupted_run_resumes_exactly_with_its_online_data(
+    cog_runs: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first_batch: int,
+    updates_before_crash: int,
+    saved: int,
+) -> None:
+    whole = finetune(config(cog_runs["runs"], tmp_path / "whole", first_batch=first_batch))
+
+    original = PessimisticEnsemble.update
+    calls = {"n": 0}
+
+    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] > updates_before_crash:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(cog_runs["runs"], cut, first_batch=first_batch))
+    monkeypatch.setattr(PessimisticEnsemble, "update", original)
+    before = saved_online(cut)
+    assert len(before["actions"]) == saved and len(before["episode_starts"]) == saved // 10
+
+    restored_sizes = []
+    load = finetune_module.load_checkpoint
+
+    def spy(*args: Any, **kwargs: Any) -> finetune_module.Restored:
+        restored = load(*args, **kwargs)
+        restored_sizes.append(len(restored.online))
+        return restored
+
+    monkeypatch.setattr(finetune_module, "load_checkpoint", spy)
+    finetune(FinetuneConfig(resume=cut, out=tmp_path / "ignored", online_steps=1))  # other fields: from run.json
+    assert not (tmp_path / "ignored").exists()
+    assert restored_sizes == [saved]  # the buffer after resume is the one saved: no online data lost
+    after = saved_online(cut)
+    assert len(after["actions"]) == 30
+    for name, array in before.items():
+        if name != "episode_starts":
+            np.testing.assert_array_equal(after[name][: len(array)], array, err_msg=name)
+
+    def losses(run: Path) -> dict[float, float]:
+        rows = read_metrics(run / "metrics.jsonl")
+        return {r["online_steps"]: r["critic/td_loss"] for r in rows if "critic/td_loss" in r}
+
+    expected, resumed = losses(whole), losses(cut)
+    for step in (25.0, 30.0):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    np.testing.assert_array_equal(saved_online(whole)["states"], after["states"])
+
+
+def test_bad_runs_are_refused(cog_runs: dict[str, Any], tmp_path: Path) -> None:
+    first, second = cog_runs["runs"]
+
+    def edited(name: str, **changes: Any) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(second, copy)
+        record = json.loads((copy / "run.json").read_text())
+        record["config"].update({k: str(v) if isinstance(v, Path) else v for k, v in changes.items()})
+        (copy / "run.json").write_text(json.dumps(record))
+        return copy
+
+    cases = [
+        ((first, tmp_path), "not an offline run folder"),
+        ((first, edited("bc", algo="bc")), "a 'bc' run; fine-tuning needs CQL critics"),
+        ((first, edited("image", observation="image")), "state-mode runs only"),
+        ((first, edited("other_data", prior=cog_runs["task"])), "trained on different datasets"),
+        ((first, first), "more than once"),
+        ((), "no offline runs"),
+    ]
+    for runs, message in cases:
+        with pytest.raises(TrainingError, match=message):
+            finetune(config(runs, tmp_path / "refused"))
+        assert not (tmp_path / "refused").exists()  # refused before a run folder is made
+    with pytest.raises(TrainingError, match="not a fine-tuning run"):
+        finetune(FinetuneConfig(resume=first))
+
+
+# -- the agent ---------------------------------------------------------------------------------------------------------
+def test_the_joined_ensemble_moves_every_member_and_starts_from_the_members(cog_runs: dict[str, Any]) -> None:
+    runs = cog_runs["runs"]
+    members, offline_data = load_agents(runs, check_runs(runs), torch.device("cpu"))
+    torch.manual_seed(0)
+    agent = PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig())
+    assert (agent.agents, agent.critics_per_agent) == (2, 2)
+    assert agent.log_alpha.exp().item() == pytest.approx(
+        float(np.exp(np.mean([m.log_alpha.item() for m in members]))), rel=1e-6
+    )
+    rng = np.random.default_rng(0)
+    batch = to_torch(offline_data.sample(rng, 16), torch.device("cpu"), use_privileged=True)
+    # Before any update: critic i*M + m of the ensemble is critic m of run i.
+    q_ensemble = agent.q(batch.obs.image, batch.obs.state, batch.action)  # (4, B)
+    q_members = torch.cat([m.q(batch.obs.image, batch.obs.state, batch.action) for m in members])  # (4, B)
+    torch.testing.assert_close(q_ensemble, q_members)
+
+    modules = {"actor": agent.actor, "q": agent.q}
+    before = {f"{m}.{n}": p.detach().clone() for m, mod in modules.items() for n, p in mod.named_parameters()}
+    alpha_before = agent.log_alpha.item()
+    for _ in range(3):
+        metrics = agent.update(to_torch(offline_data.sample(rng, 16), torch.device("cpu"), use_privileged=True))
+        assert all(np.isfinite(v) for v in metrics.values())
+    after = {f"{m}.{n}": p.detach() for m, mod in modules.items() for n, p in mod.named_parameters()}
+    unchanged = []
+    for name, old in before.items():
+        members_of = agent.agents if name.startswith("actor") else agent.agents * agent.critics_per_agent
+        for k, (a, b) in enumerate(zip(old.chunk(members_of), after[name].chunk(members_of), strict=True)):
+            if torch.equal(a, b):
+                unchanged.append(f"{name}[member {k}]")
+    assert not unchanged
+    assert agent.log_alpha.item() != alpha_before
+    assert not any(torch.equal(p, t) for p, t in zip(agent.q.parameters(), agent.q_target.parameters(), strict=True))
+
+
+def test_single_agent_ensemble_acts_as_its_cql_agent(cog_runs: dict[str, Any]) -> None:
+    run = cog_runs["runs"][:1]
+    (member,), offline_data = load_agents(run, check_runs(run), torch.device("cpu"))
+    agent = PessimisticEnsemble.from_cql_agents([member], PessimisticEnsembleConfig(init_alpha=0.5))
+    assert agent.log_alpha.exp().item() == pytest.approx(0.5)
+    batch = offline_data.sample(np.random.default_rng(1), 8)
+    state = np.concatenate([batch.obs.state, batch.obs.privileged], axis=1)  # type: ignore[list-item]
+    with torch.no_grad():
+        expected = member.actor.deterministic(member.actor.encode(None, torch.from_numpy(state))).numpy()
+    np.testing.assert_allclose(agent.act(state, deterministic=True), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> None:
+    """The critic loss against the module docstring's equations, recomputed by hand with the same random draws."""
+    torch.manual_seed(0)
+    members = [CQL(CQLConfig(hidden=(8,)), None, 3, 2) for _ in range(3)]
+    agent = PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig(init_alpha=0.3))
+    with torch.no_grad():  # make the targets differ from the critics and between agents
+        for p in agent.q_target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    b = 6
+    batch = to_torch(
+        Batch(
+            Observation(None, np.random.default_rng(0).standard_normal((b, 3), np.float32), None),
+            np.random.default_rng(1).uniform(-0.9, 0.9, (b, 2)).astype(np.float32),
+            np.array([0, 1, 0, 1, 0, 1], np.float32),
+            Observation(None, np.random.default_rng(2).standard_normal((b, 3), np.float32), None),
+            np.array([0, 0, 0, 1, 0, 0], bool),
+            np.zeros(b, bool),
+        ),
+        torch.device("cpu"),
+    )
+    alpha = agent.log_alpha.exp().detach()
+    features = agent.actor.encode(None, batch.obs.state)
+    torch.manual_seed(5)
+    loss, _, _ = ensemble_critic_loss(agent.q, agent.q_target, agent.actor, features, batch, alpha, 3, agent.cfg)
+
+    torch.manual_seed(5)
+    with torch.no_grad():
+        next_action, next_log_prob = agent.actor.sample_moment_matched(agent.actor.encode(None, batch.next_obs.state))
+        next_q = agent.q_target(None, batch.next_obs.state, next_action[:, 0])  # (6, B): 3 agents x 2 critics
+        expected = torch.tensor(0.0)
+        for i in range(3):
+            own_min = torch.minimum(next_q[2 * i], next_q[2 * i + 1])  # (B,): agent i's twin only
+            y = batch.reward + 0.99 * (1 - batch.terminated) * (own_min - alpha * next_log_prob[:, 0])
+            q_data = agent.q(None, batch.obs.state, batch.action)
+            expected = expected + (q_data[2 * i] - y).pow(2).mean() + (q_data[2 * i + 1] - y).pow(2).mean()
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(agent_min_q(next_q, 3, 2)[1], torch.minimum(next_q[2], next_q[3]))
+
+
+# -- the online store --------------------------------------------------------------------------------------------------
+def test_online_store_layout_growth_and_round_trip() -> None:
+    store = OnlineStore(state_dim=2, action_dim=1, privileged_dim=1, image_shape=(2, 2, 3), capacity=1)
+
+    def obs(t: float) -> dict[str, np.ndarray]:
+        return {"state": np.array([t, -t], np.float32), "privileged": np.array([10 * t], np.float32),
+                "image": np.full((2, 2, 3), int(t), np.uint8)}  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="start_episode"):
+        store.add([0.0], 0.0, False, False, obs(1))
+    store.start_episode(obs(0))
+    for t in (1, 2, 3):  # an episode of 3 steps, terminated at the last
+        store.add([t / 10], float(t == 3), t == 3, False, obs(t))
+    store.start_episode(obs(100))
+    store.add([0.5], 0.0, False, False, obs(101))  # a second episode, cut short after one step
+    assert (len(store), store.num_frames, store.num_episodes) == (4, 6, 2)
+    batch = store.sample_indices([3, 0, 2])
+    np.testing.assert_array_equal(batch.obs.state[:, 0], [100, 0, 2])
+    np.testing.assert_array_equal(batch.next_obs.state[:, 0], [101, 1, 3])
+    np.testing.assert_array_equal(batch.next_obs.privileged[:, 0], [1010, 10, 30])  # type: ignore[index]
+    np.testing.assert_array_equal(batch.obs.image[:, 0, 0, 0], [100, 0, 2])  # type: ignore[index]
+    np.testing.assert_array_equal(batch.terminated, [False, False, True])
+    np.testing.assert_allclose(batch.action[:, 0], [0.5, 0.1, 0.3])
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **store.arrays())
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    copy = OnlineStore.from_arrays(arrays, capacity=8)
+    assert (len(copy), copy.num_frames, copy.num_episodes) == (4, 6, 2)
+    for name, array in store.arrays().items():
+        np.testing.assert_array_equal(copy.arrays()[name], array)
+    copy.start_episode(obs(200))
+    copy.add([0.0], 0.0, False, True, obs(201))
+    assert copy.sample_indices([4]).next_obs.state[0, 0] == 201
+
+    broken = dict(arrays, obs_index=np.array([0, 1, 2, 3], np.int64))  # transition 3 would cross into episode 2
+    with pytest.raises(ValueError, match="episode boundary"):
+        OnlineStore.from_arrays(broken)
+    with pytest.raises(ValueError, match="dtype"):
+        OnlineStore.from_arrays(dict(arrays, rewards=arrays["rewards"].astype(np.float64)))
