@@ -15,6 +15,11 @@ is the median over its calls, the reported figure the median over repeats. numpy
 gathers single-threaded (no BLAS is involved); the thread settings in the environment and the machine are recorded
 anyway. The development machine is a shared 2-core box: the 1-minute load average at the start is recorded as well.
 
+- The pessimistic Q-ensemble's update (robot_rl.algos.pessimistic): median time of one `update` of a batch-256
+  state batch for N = 5 joined CQL agents against N = 1 (the same code path, one agent), 3x256 heads, 17-d states
+  (the drawer's state + privileged), torch on `--threads` threads (1 by default, as the fine-tuning runs use).
+  Members are computed in one batched forward, so N = 5 should cost far less than 5 single agents.
+
     python benchmarks/replay_speed.py [--out FILE.json] [--entries 1048576] [--batch 256] [--calls 2000] [--repeats 5]
 """
 
@@ -35,7 +40,7 @@ from numpy.typing import NDArray
 
 from robot_rl.replay.sumtree import SumTree
 
-TARGETS = {"sumtree_sample_update_ms": "<= 0.2"}
+TARGETS = {"sumtree_sample_update_ms": "<= 0.2", "ensemble_n5_over_n1": "< 2.5"}
 """The issue's target; a metric without one is informative only."""
 REFERENCE = {"sample_ms": 0.25, "update_ms": 0.54, "sample_update_ms": 0.79}
 """The Off2OnRL code's vectorised numpy sum tree, as measured by the issue on this machine (1M entries, batch 256)."""
@@ -129,6 +134,40 @@ def measure(
     }
 
 
+def ensemble_costs(threads: int, batch_size: int, updates: int) -> dict[str, float | int]:
+    """Median ms of one PessimisticEnsemble.update for N = 1 and N = 5 agents, and their ratio."""
+    import torch
+
+    from robot_rl.algos.batch import TorchBatch, TorchObs
+    from robot_rl.algos.cql import CQL, CQLConfig
+    from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    state_dim, action_dim = 17, 5
+    g = torch.Generator().manual_seed(0)
+    state, next_state = torch.randn(batch_size, state_dim, generator=g), torch.randn(batch_size, state_dim, generator=g)
+    zeros = torch.zeros(batch_size)
+    batch = TorchBatch(
+        TorchObs(None, state), torch.rand(batch_size, action_dim, generator=g) * 2 - 1,
+        (torch.rand(batch_size, generator=g) < 0.3).float(), TorchObs(None, next_state), zeros, zeros,
+    )  # fmt: skip
+    out: dict[str, float | int] = {"ensemble_threads": threads, "ensemble_timed_updates": updates}
+    for n in (1, 5):
+        agents = [CQL(CQLConfig(hidden=(256, 256, 256)), None, state_dim, action_dim) for _ in range(n)]
+        ensemble = PessimisticEnsemble.from_cql_agents(agents, PessimisticEnsembleConfig())
+        for _ in range(5):  # warm-up
+            ensemble.update(batch)
+        times = []
+        for _ in range(updates):
+            start = time.perf_counter()
+            ensemble.update(batch)
+            times.append((time.perf_counter() - start) * 1e3)
+        out[f"ensemble_n{n}_update_ms"] = round(statistics.median(times), 3)
+    out["ensemble_n5_over_n1"] = round(float(out["ensemble_n5_update_ms"]) / float(out["ensemble_n1_update_ms"]), 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/replay_speed.json"))
@@ -137,6 +176,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-reference", action="store_true", help="time only our tree")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for the ensemble update")
+    parser.add_argument("--ensemble-updates", type=int, default=60, help="timed ensemble updates per size")
+    parser.add_argument("--skip-ensemble", action="store_true")
     args = parser.parse_args()
 
     results: dict[str, float | int | str] = {
@@ -182,6 +224,9 @@ def main() -> None:
         results[f"speedup_vs_off2onrl_{metric.removesuffix('_ms')}"] = round(
             reference_ms / float(results[f"sumtree_{metric}"]), 2
         )
+
+    if not args.skip_ensemble:
+        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates))
 
     print(f"{'metric':<46} {'ours':>16} {'target':>8}")
     for key, result in results.items():
