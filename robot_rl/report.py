@@ -4,6 +4,11 @@ and success bars.
 Runs are found by their run.json below the given folders. A run made by `robot-rl experiment` names its task,
 method and seed in cell.json; any other training run is filed under its task dataset's task and its algorithm.
 The final success of a run is its last evaluation, and only runs that reached their configured step count count.
+
+Fine-tuning runs (`robot-rl finetune`) are found too: their x-axis is online environment steps, their method is the
+replay mode plus the ablation flags (e.g. `balanced`, `uniform_single`), their task that of their first offline
+run; the report adds what the fine-tuning issue asks of them: the success before any online step, the lowest point
+of the curve below it (a collapse), and the area under the success curve (its mean over evaluations).
 """
 
 from __future__ import annotations
@@ -37,6 +42,26 @@ class RunSummary:
     """(step, eval success) of every evaluation."""
     observation: str = ""
     eval_condition: str = ""
+    kind: str = "train"
+    """"train" (offline) or "finetune" (online, steps are environment steps)."""
+
+    @property
+    def initial(self) -> float | None:
+        """Success of the first evaluation (for fine-tuning: before any online step)."""
+        return self.curve[0][1] if self.curve else None
+
+    @property
+    def drop(self) -> float | None:
+        """How far the curve falls below its first point at its lowest (0 if it never does)."""
+        return max(0.0, self.curve[0][1] - min(v for _, v in self.curve)) if self.curve else None
+
+    @property
+    def auc(self) -> float | None:
+        """Area under the success curve, normalised: the trapezoid integral over steps divided by the step span."""
+        if len(self.curve) < 2:
+            return self.curve[0][1] if self.curve else None
+        xs, ys = np.array([x for x, _ in self.curve], float), np.array([y for _, y in self.curve], float)
+        return float(np.sum((ys[1:] + ys[:-1]) / 2 * np.diff(xs)) / (xs[-1] - xs[0]))
 
 
 def _task_of(config: dict[str, Any]) -> str:
@@ -44,22 +69,39 @@ def _task_of(config: dict[str, Any]) -> str:
     if task:
         metadata = Path(task) / "data" / "metadata.json"
         if metadata.exists():
-            recipe = json.loads(metadata.read_text()).get("recipe", {})
+            recipe = json.loads(metadata.read_text()).get("robot_rl", {}).get("recipe", {})
             if isinstance(recipe, dict) and recipe.get("task"):
                 return str(recipe["task"])
         return Path(task).name
     return "unknown"
 
 
+def _finetune_method(config: dict[str, Any]) -> str:
+    agent = config.get("agent") or {}
+    return (
+        str(config.get("replay", "balanced"))
+        + ("" if config.get("ensemble", True) else "_single")
+        + ("_keep_cql" if isinstance(agent, dict) and agent.get("keep_cql") else "")
+    )
+
+
+def _finetune_task(config: dict[str, Any]) -> str:
+    runs = config.get("runs") or []
+    if runs and (Path(runs[0]) / "run.json").exists():
+        return _task_of(json.loads((Path(runs[0]) / "run.json").read_text())["config"])
+    return "unknown"
+
+
 def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
-    """Every training run below `paths` (a run folder itself counts), sorted by task, method and seed."""
+    """Every training or fine-tuning run below `paths` (a run folder itself counts), sorted by task, method, seed."""
     runs = []
     for root in paths:
         if not root.exists():
             raise FileNotFoundError(f"no such folder: {root}")
         for record_path in sorted(root.rglob("run.json")):
             record = json.loads(record_path.read_text())
-            if record.get("command") != "train":
+            kind = record.get("command")
+            if kind not in ("train", "finetune"):
                 continue
             folder, config = record_path.parent, record["config"]
             cell_path = folder / "cell.json"
@@ -67,12 +109,14 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
             rows = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
             evals = [r for r in rows if "eval/success" in r]
             last = evals[-1] if evals else {}
-            steps = int(config.get("steps", 0))
+            steps = int(config.get("steps" if kind == "train" else "online_steps", 0))
+            task = _task_of(config) if kind == "train" else _finetune_task(config)
+            method = config.get("algo", "unknown") if kind == "train" else _finetune_method(config)
             runs.append(
                 RunSummary(
                     folder=folder,
-                    task=str(cell.get("task") or _task_of(config)),
-                    method=str(cell.get("method") or config.get("algo", "unknown")),
+                    task=str(cell.get("task") or task),
+                    method=str(cell.get("method") or method),
                     seed=int(cell.get("seed", config.get("seed", 0))),
                     steps=steps,
                     finished=bool(last) and int(last["step"]) >= steps,
@@ -81,7 +125,8 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
                     episodes=int(last.get("eval/episodes", 0)) if last else 0,
                     curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
                     observation=str(config.get("observation", "")),
-                    eval_condition=str(config.get("eval_condition") or ""),
+                    eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
+                    kind=str(kind),
                 )
             )
     return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
@@ -140,8 +185,30 @@ def markdown_table(runs: Sequence[RunSummary], key: str = "success") -> str:
 
 
 def _method_order(method: str) -> tuple[int, str]:
-    order = ["cog", "cql", "sac", "bc_all", "bc", "bc_task"]
+    order = ["cog", "cql", "sac", "bc_all", "bc", "bc_task", "balanced", "uniform", "online_only", "balanced_single"]
     return (order.index(method) if method in order else len(order), method)
+
+
+def _finetune_section(runs: Sequence[RunSummary]) -> list[str]:
+    """Fine-tuning runs: success before any online step, final, the largest drop below the start, and the area
+    under the curve, each mean ± s.e. over seeds (an empty list when there are none)."""
+    tuned = [r for r in runs if r.kind == "finetune" and r.finished]
+    if not tuned:
+        return []
+    lines = ["## Fine-tuning (x = online environment steps)", "",
+             "| task | method | initial | final | largest drop below initial | area under curve |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for task, method in sorted({(r.task, r.method) for r in tuned}, key=lambda k: (k[0], _method_order(k[1]))):
+        group = [r for r in tuned if r.task == task and r.method == method]
+
+        def cell(values: list[float | None]) -> str:
+            return _cell([v for v in values if v is not None])
+
+        lines.append(
+            f"| {task} | {method} | {cell([r.initial for r in group])} | {cell([r.success for r in group])} | "
+            f"{cell([r.drop for r in group])} | {cell([r.auc for r in group])} |"
+        )
+    return [*lines, ""]
 
 
 def write_report(paths: Sequence[Path], out: Path) -> Path:
@@ -150,17 +217,17 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
 
     runs = find_runs(paths)
     if not runs:
-        raise FileNotFoundError(f"no training runs (run.json with command 'train') below {', '.join(map(str, paths))}")
+        raise FileNotFoundError(f"no training or fine-tuning runs (run.json) below {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     tasks = sorted(summary)
     methods = sorted({r.method for r in runs}, key=_method_order)
     images = []
-    for task in tasks:
+    for task, kind in [(t, k) for t in tasks for k in ("train", "finetune")]:
         lines = {}
         for method in methods:
-            curves = [r.curve for r in runs if r.task == task and r.method == method and r.curve]
+            curves = [r.curve for r in runs if r.task == task and r.method == method and r.curve and r.kind == kind]
             if not curves:
                 continue
             steps = sorted({s for c in curves for s, _ in c})
@@ -168,7 +235,9 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
             means = [float(np.mean([v for c in curves for s, v in c if s == step])) for step in steps]
             lines[method] = (steps, means)
         if lines:
-            images.append(write_png(out / f"curves_{task}.png", curve_chart(f"{task}: eval success", lines)))
+            name, what = ("curves", "gradient steps") if kind == "train" else ("finetune_curves", "online steps")
+            chart = curve_chart(f"{task}: eval success vs {what}", lines)
+            images.append(write_png(out / f"{name}_{task}.png", chart))
     bars = {task: {m: (v["success_mean"], v["success_se"]) for m, v in summary[task].items()} for task in tasks}
     images.append(write_png(out / "success_bars.png", bar_chart("final success (mean ± s.e. over seeds)", bars)))
     modes = sorted({r.observation for r in runs if r.observation})
@@ -188,6 +257,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "",
         markdown_table(runs, "ever_success"),
         "",
+        *_finetune_section(runs),
         "## Plots",
         "",
         *[f"![{p.stem}]({p.name})" for p in images],

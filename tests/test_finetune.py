@@ -331,3 +331,23 @@ def test_online_store_layout_growth_and_round_trip() -> None:
         OnlineStore.from_arrays(broken)
     with pytest.raises(ValueError, match="dtype"):
         OnlineStore.from_arrays(dict(arrays, rewards=arrays["rewards"].astype(np.float64)))
+
+
+def test_fine_tuning_runs_are_reported_with_start_drop_and_area(cog_runs: dict[str, Any], tmp_path: Path) -> None:
+    from robot_rl.report import find_runs, write_report
+
+    for replay in ("balanced", "uniform"):
+        finetune(config(cog_runs["runs"], tmp_path / "ft" / replay, replay=replay, eval_every=10))
+    runs = find_runs([tmp_path / "ft"])
+    assert sorted(r.method for r in runs) == ["balanced", "uniform"]
+    for run in runs:
+        assert run.kind == "finetune" and run.finished and run.task == "closed_drawer"
+        assert [step for step, _ in run.curve] == [0, 10, 20, 30]  # before any online step, then every 10
+        values = [v for _, v in run.curve]
+        assert run.initial == values[0] and run.drop == max(0.0, values[0] - min(values))
+        assert run.auc == pytest.approx((values[0] / 2 + values[1] + values[2] + values[3] / 2) / 3)
+    text = write_report([tmp_path / "ft"], tmp_path / "report").read_text()
+    assert "## Fine-tuning (x = online environment steps)" in text
+    assert (
+        "| closed_drawer | balanced |" in text and (tmp_path / "report" / "finetune_curves_closed_drawer.png").exists()
+    )
