@@ -21,7 +21,6 @@ turns the folder into tables and plots.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 import traceback
@@ -253,9 +252,3 @@ def describe(experiment: Experiment) -> str:
         f"= {len(experiment.cells)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
         f"{experiment.workers} at a time; output {experiment.out}"
     )
-
-
-def replace_steps(experiment: Experiment, **overrides: Any) -> Experiment:
-    """The experiment with some OfflineConfig fields replaced in every cell (used by tests and the demo)."""
-    cells = tuple(dataclasses.replace(c, config=dataclasses.replace(c.config, **overrides)) for c in experiment.cells)
-    return dataclasses.replace(experiment, cells=cells)
