@@ -378,3 +378,26 @@ def test_one_step_bandit() -> None:
     assert (values - true).abs().max() < 0.2, values - true
     assert abs(start - 0.5) > 0.3  # the policy starts away from the optimum (seeded) ...
     assert abs(policy_action() - 0.5) < 0.1, (start, policy_action())  # ... and ends near it
+
+
+@pytest.mark.parametrize("image", [None, (12, 12, 3)])
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(image: tuple[int, int, int] | None) -> None:
+    """The CUDA default of the trainer, exercised through CPU autocast: the same update as fp32 up to bf16 rounding
+    (so the forward did run in bf16), finite, with fp32 parameters and optimiser states."""
+    cfg = CQLConfig(hidden=(32, 32), conv=ConvConfig(channels=(4, 4), pool=(True, False)), sampled_actions=2)
+    torch.manual_seed(0)
+    full = CQL(cfg, image, S, A)
+    half = copy.deepcopy(full)
+    half.autocast_dtype = torch.bfloat16
+    batch = make_batch(image=image)
+    torch.manual_seed(1)
+    expected = full.update(batch)
+    torch.manual_seed(1)
+    got = half.update(batch)
+    assert all(math.isfinite(v) for v in got.values())
+    assert got["critic/loss"] != expected["critic/loss"]  # rounded somewhere: bf16 was in use
+    assert got["critic/loss"] == pytest.approx(expected["critic/loss"], rel=0.05, abs=0.05)
+    for module in (half.q, half.q_target, half.actor):
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+    state = half.critic_optimizer.state_dict()["state"]
+    assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)

@@ -174,3 +174,11 @@ def test_state_standardisation_comes_from_the_training_data_and_ships_with_the_p
     weights = Policy.load(run / "policy").actor.state_dict()
     torch.testing.assert_close(weights["encoder.state_mean"], mean)
     torch.testing.assert_close(weights["encoder.state_std"], std)
+
+
+@pytest.mark.parametrize("algo", ["cog", "bc"])
+def test_bf16_precision_trains_and_is_recorded(datasets: dict[str, Path], tmp_path: Path, algo: str) -> None:
+    run = train_offline(config(datasets, tmp_path / algo, algo=algo, steps=4, log_every=2, precision="bf16"))
+    assert json.loads((run / "run.json").read_text())["config"]["precision"] == "bf16"
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "actor/loss" in r]
+    assert len(rows) == 2 and all(np.isfinite(r["actor/loss"]) for r in rows)

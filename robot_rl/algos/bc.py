@@ -75,9 +75,12 @@ class BC:
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
         self.steps = 0
+        self.autocast_dtype: torch.dtype | None = None
+        """Mixed precision of the forward pass (see `CQL.autocast_dtype`); None: fp32."""
 
     def update(self, batch: TorchBatch) -> dict[str, float]:
-        loss, metrics = bc_loss(self.actor, batch, self.cfg.action_margin)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            loss, metrics = bc_loss(self.actor, batch, self.cfg.action_margin)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.actor_optimizer.step()

@@ -196,6 +196,12 @@ class CQL:
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
         self.cql_weight_optimizer = torch.optim.Adam([self.log_cql_weight], lr=cfg.critic_lr)
         self.steps = 0
+        self.autocast_dtype: torch.dtype | None = None
+        """Mixed precision of the forward passes (torch.bfloat16 on CUDA by the trainer's default); None: fp32.
+        Parameters, optimiser states and the backward's accumulation stay fp32."""
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def update(self, batch: TorchBatch) -> dict[str, float]:
         cfg = self.cfg
@@ -203,29 +209,31 @@ class CQL:
         cql_weight = self.log_cql_weight.exp().clamp(max=1e6) if cfg.lagrange else torch.tensor(cfg.cql_weight)
         # The actor's features of s, computed once: detached for the critic's policy samples, with gradient for
         # the actor's loss (the actor does not change before its own step).
-        actor_features = self.actor.encode(batch.obs.image, batch.obs.state)  # (B, Fa)
-        loss, conservative, features, metrics = critic_loss(
-            self.q, self.q_target, self.actor, actor_features, batch, alpha, cql_weight.detach(), cfg
-        )
+        with self.autocast():
+            actor_features = self.actor.encode(batch.obs.image, batch.obs.state)  # (B, Fa)
+            loss, conservative, features, metrics = critic_loss(
+                self.q, self.q_target, self.actor, actor_features, batch, alpha, cql_weight.detach(), cfg
+            )
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
 
-        a_loss, log_prob, a_metrics = actor_loss(
-            self.q,
-            self.actor,
-            actor_features,
-            features,
-            batch,
-            alpha,
-            self.steps < cfg.bc_warm_start_steps,
-            cfg.bc_action_margin,
-        )
+        with self.autocast():
+            a_loss, log_prob, a_metrics = actor_loss(
+                self.q,
+                self.actor,
+                actor_features,
+                features,
+                batch,
+                alpha,
+                self.steps < cfg.bc_warm_start_steps,
+                cfg.bc_action_margin,
+            )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
         self.actor_optimizer.step()
 
-        t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob, self.target_entropy)
+        t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob.float(), self.target_entropy)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         t_loss.backward()
         self.alpha_optimizer.step()

@@ -81,6 +81,8 @@ class OfflineConfig:
     seed: int = 0
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Forward passes in bf16 autocast (parameters and optimisers stay fp32); auto: bf16 on CUDA, fp32 on CPU."""
     threads: int = 2
     """torch CPU threads (this machine has 2 cores; set explicitly, as torch's default collapses under load)."""
     eval_every: int = 10_000
@@ -185,6 +187,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
     sampler = make_sampler(cfg, task, prior)
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg, task, device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    agent.autocast_dtype = torch.bfloat16 if bf16 else None
     use_privileged = cfg.observation == "state"
     if cfg.normalize_state:
         stores = [task] if prior is None or (cfg.algo == "bc" and cfg.bc_data == "task") else [task, prior]
