@@ -139,6 +139,59 @@ def _numpy_generator(state: Any) -> np.random.Generator:
 
 
 # -- save ----------------------------------------------------------------------------------------------------------
+def optimizer_records(optimizers: Mapping[str, torch.optim.Optimizer], tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """The optimisers' states as JSON records; their tensors (Adam's moments and step counts) go into `tensors`
+    as opt/<name>/state/<index>/<key>."""
+    records: dict[str, Any] = {}
+    for opt_name, optimizer in optimizers.items():
+        state_dict = optimizer.state_dict()
+        state: dict[str, Any] = {}
+        for index, entries in state_dict["state"].items():
+            tensor_keys = sorted(k for k, v in entries.items() if isinstance(v, Tensor))
+            for key in tensor_keys:
+                tensors[f"opt/{opt_name}/state/{index}/{key}"] = entries[key]
+            values = {k: v for k, v in entries.items() if not isinstance(v, Tensor)}
+            state[str(index)] = {"tensors": tensor_keys, "values": values}
+        records[opt_name] = {"param_groups": state_dict["param_groups"], "state": state}
+    return records
+
+
+def optimizer_states(
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    records: Mapping[str, Any],
+    tensors: Mapping[str, Tensor],
+    expected: dict[str, Tensor],
+    where: Path | str,
+) -> dict[str, dict[str, Any]]:
+    """The state dicts `optimizer_records` saved, rebuilt for `load_state_dict`. The tensor each entry needs is
+    added to `expected` (a moment has its parameter's shape, a step count is a scalar) for `check_tensors` to
+    check; nothing is loaded here. A record that does not fit the optimisers is a CheckpointError naming `where`
+    (KeyError, TypeError and ValueError from a malformed record are the caller's to turn into one)."""
+    states: dict[str, dict[str, Any]] = {}
+    for opt_name, optimizer in optimizers.items():
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved = records[opt_name]
+        state: dict[int, dict[str, Any]] = {}
+        for index_text, entry in saved["state"].items():
+            index = int(index_text)
+            if not 0 <= index < len(params):
+                raise CheckpointError(f"{where}: optimiser {opt_name!r} has state for parameter {index}")
+            state[index] = dict(entry["values"])
+            for key in entry["tensors"]:
+                name = f"opt/{opt_name}/state/{index}/{key}"
+                reference = tensors.get(name, params[index]) if key == "step" else params[index]
+                expected[name] = reference.detach()
+                if name in tensors:
+                    state[index][key] = tensors[name]
+        # JSON turned tuples (Adam's betas) into lists; give them back the type the optimiser uses.
+        groups = [
+            {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in group.items()}
+            for group, current in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+        ]
+        states[opt_name] = {"state": state, "param_groups": groups}
+    return states
+
+
 def save_learner(folder: Path | str, agent: Agent, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the agent's whole training state and `extra` to `folder` atomically; returns the folder.
 
@@ -152,17 +205,7 @@ def save_learner(folder: Path | str, agent: Agent, extra: Mapping[str, Any] | No
         tensors.update({f"{prefix}/{name}": t for name, t in module.state_dict().items()})
     tensors.update(_parameters(agent))
 
-    optimizers: dict[str, Any] = {}
-    for opt_name, optimizer in _optimizers(agent).items():
-        state_dict = optimizer.state_dict()
-        state: dict[str, Any] = {}
-        for index, entries in state_dict["state"].items():
-            tensor_keys = sorted(k for k, v in entries.items() if isinstance(v, Tensor))
-            for key in tensor_keys:
-                tensors[f"opt/{opt_name}/state/{index}/{key}"] = entries[key]
-            values = {k: v for k, v in entries.items() if not isinstance(v, Tensor)}
-            state[str(index)] = {"tensors": tensor_keys, "values": values}
-        optimizers[opt_name] = {"param_groups": state_dict["param_groups"], "state": state}
+    optimizers = optimizer_records(_optimizers(agent), tensors)
 
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if agent.device.type == "cuda" else []
@@ -264,31 +307,10 @@ def load_learner(folder: Path | str, agent: Agent, check_config: bool = True) ->
     expected["rng/torch_cpu"] = torch.get_rng_state()
     expected["rng/python_random"] = torch.zeros(625, dtype=torch.int64)
     expected["rng/numpy_global_key"] = torch.zeros(624, dtype=torch.int64)
-    optimizer_states: dict[str, dict[str, Any]] = {}
     try:
         for i in range(int(rng["torch_cuda_devices"])):
             expected[f"rng/torch_cuda/{i}"] = tensors.get(f"rng/torch_cuda/{i}", torch.empty(0, dtype=torch.uint8))
-        for opt_name, optimizer in _optimizers(agent).items():
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            saved = optimizers[opt_name]
-            state: dict[int, dict[str, Any]] = {}
-            for index_text, entry in saved["state"].items():
-                index = int(index_text)
-                if not 0 <= index < len(params):
-                    raise CheckpointError(f"{json_path}: optimiser {opt_name!r} has state for parameter {index}")
-                state[index] = dict(entry["values"])
-                for key in entry["tensors"]:
-                    name = f"opt/{opt_name}/state/{index}/{key}"
-                    # Adam's moments have their parameter's shape; its step count is a scalar.
-                    reference = tensors.get(name, params[index]) if key == "step" else params[index]
-                    expected[name] = reference.detach()
-                    if name in tensors:
-                        state[index][key] = tensors[name]
-            groups = []
-            for group, current in zip(saved["param_groups"], optimizer.param_groups, strict=True):
-                # JSON turned tuples (Adam's betas) into lists; give them back the type the optimiser uses.
-                groups.append({k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in group.items()})
-            optimizer_states[opt_name] = {"state": state, "param_groups": groups}
+        restored_optimizers = optimizer_states(_optimizers(agent), optimizers, tensors, expected, json_path)
         restored_extra: dict[str, Any] = {}
         for key, entry in extra.items():
             match entry["kind"]:
@@ -332,7 +354,7 @@ def load_learner(folder: Path | str, agent: Agent, check_config: bool = True) ->
             parameter.copy_(tensors[name])
     for opt_name, optimizer in _optimizers(agent).items():
         try:
-            optimizer.load_state_dict(optimizer_states[opt_name])
+            optimizer.load_state_dict(restored_optimizers[opt_name])
         except (ValueError, KeyError) as e:
             raise CheckpointError(f"{json_path}: optimiser {opt_name!r} does not fit the agent ({e})") from e
     agent.steps = steps

@@ -57,6 +57,7 @@ from robot_rl.algos.batch import to_torch
 from robot_rl.algos.cql import CQL
 from robot_rl.algos.density_ratio import DensityRatio, DensityRatioConfig
 from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig
+from robot_rl.checkpoints import optimizer_records, optimizer_states
 from robot_rl.data.replay import Batch, Observation, TransitionStore, concatenate
 from robot_rl.policy import (
     CheckpointError,
@@ -339,17 +340,6 @@ def _optimizers(agent: PessimisticEnsemble, ratio: DensityRatio) -> dict[str, to
     }
 
 
-def _optimizer_record(name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor]) -> dict[str, Any]:
-    """An optimiser's state: its tensors (Adam's moments, step) into `tensors`, everything else as JSON."""
-    state_dict = optimizer.state_dict()
-    state: dict[str, Any] = {}
-    for index, entries in state_dict["state"].items():
-        keys = sorted(k for k, v in entries.items() if isinstance(v, Tensor))
-        tensors.update({f"opt/{name}/{index}/{key}": entries[key] for key in keys})
-        state[str(index)] = {"tensors": keys, "values": {k: v for k, v in entries.items() if not isinstance(v, Tensor)}}
-    return {"param_groups": state_dict["param_groups"], "state": state}
-
-
 def save_checkpoint(
     folder: Path,
     agent: PessimisticEnsemble,
@@ -364,7 +354,7 @@ def save_checkpoint(
     for prefix, module in _modules(agent, ratio).items():
         tensors.update({f"{prefix}/{name}": t for name, t in module.state_dict().items()})
     tensors["log_alpha"] = agent.log_alpha.detach()
-    optimizers = {name: _optimizer_record(name, opt, tensors) for name, opt in _optimizers(agent, ratio).items()}
+    optimizers = optimizer_records(_optimizers(agent, ratio), tensors)
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     if agent.device.type == "cuda":
         tensors["rng/torch_cuda"] = torch.cuda.get_rng_state(agent.device)
@@ -437,27 +427,8 @@ def load_checkpoint(folder: Path, agent: PessimisticEnsemble, ratio: DensityRati
     for name in ("rng/torch_cuda", "sampler/priorities"):
         if name in tensors:
             expected[name] = tensors[name]
-    states: dict[str, dict[str, Any]] = {}
     try:
-        for opt_name, optimizer in _optimizers(agent, ratio).items():
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            saved = optimizers[opt_name]
-            state: dict[int, dict[str, Any]] = {}
-            for index_text, entry in saved["state"].items():
-                index = int(index_text)
-                if not 0 <= index < len(params):
-                    raise CheckpointError(f"{where}: optimiser {opt_name!r} has state for parameter {index}")
-                state[index] = dict(entry["values"])
-                for key in entry["tensors"]:
-                    name = f"opt/{opt_name}/{index}/{key}"
-                    # Adam's moments have their parameter's shape; its step count is a scalar.
-                    expected[name] = (tensors.get(name, params[index]) if key == "step" else params[index]).detach()
-                    state[index][key] = tensors.get(name)
-            groups = [
-                {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in group.items()}
-                for group, current in zip(saved["param_groups"], optimizer.param_groups, strict=True)
-            ]
-            states[opt_name] = {"state": state, "param_groups": groups}
+        states = optimizer_states(_optimizers(agent, ratio), optimizers, tensors, expected, where)
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
