@@ -289,6 +289,34 @@ def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> N
     torch.testing.assert_close(agent_min_q(next_q, 3, 2)[1], torch.minimum(next_q[2], next_q[3]))
 
 
+def test_keep_cql_adds_the_weighted_conservative_term_to_the_td_loss() -> None:
+    """The ablation "CQL term kept during fine-tuning": the same TD loss (same draws for the targets) plus
+    w_cql times the conservative gap of every critic (the gap's formula is `cql.conservative_gap`, checked against
+    the CQL(H) equation in test_cql.py)."""
+    torch.manual_seed(0)
+    members = [CQL(CQLConfig(hidden=(8,)), None, 3, 2) for _ in range(2)]
+    plain = PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig(init_alpha=0.3))
+    rng = np.random.default_rng(0)
+    obs = Observation(None, rng.standard_normal((6, 3)).astype(np.float32), None)
+    batch = to_torch(
+        Batch(obs, rng.uniform(-0.9, 0.9, (6, 2)).astype(np.float32), np.ones(6, np.float32), obs,
+              np.zeros(6, bool), np.zeros(6, bool)),
+        torch.device("cpu"),
+    )  # fmt: skip
+    alpha = plain.log_alpha.exp().detach()
+    features = plain.actor.encode(None, batch.obs.state)
+    losses = {}
+    for keep in (False, True):
+        cfg = dataclasses.replace(plain.cfg, keep_cql=keep, cql_weight=0.7)
+        torch.manual_seed(5)
+        losses[keep] = ensemble_critic_loss(plain.q, plain.q_target, plain.actor, features, batch, alpha, 2, cfg)
+    (without, _, _), (with_cql, _, metrics) = losses[False], losses[True]
+    assert "critic/cql_gap" in metrics and "critic/cql_gap" not in losses[False][2]
+    gap_sum = 4 * metrics["critic/cql_gap"]  # 2 agents x 2 critics
+    assert with_cql.item() == pytest.approx(without.item() + 0.7 * gap_sum, rel=1e-5, abs=1e-5)
+    assert abs(gap_sum) > 1e-3  # the term is not trivially zero
+
+
 # -- the online store --------------------------------------------------------------------------------------------------
 def test_online_store_layout_growth_and_round_trip() -> None:
     store = OnlineStore(state_dim=2, action_dim=1, privileged_dim=1, image_shape=(2, 2, 3), capacity=1)

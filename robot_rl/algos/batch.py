@@ -30,6 +30,11 @@ class TorchBatch(NamedTuple):
     """(B,) float: 1 where the episode was cut by its time limit (bootstrap as usual); kept for logging."""
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Mixed precision for an agent's forward passes: autocast to `dtype` on `device`, or a no-op for None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 def random_shift(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
     """Pad by `pad` pixels (edge-replicated) and crop back at a random offset, one offset per image (DrQ-style).
 

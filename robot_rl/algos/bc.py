@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from robot_rl.algos.batch import TorchBatch
+from robot_rl.algos.batch import TorchBatch, autocast
 from robot_rl.networks import ConvConfig, TanhGaussianActor
 
 
@@ -79,7 +79,7 @@ class BC:
         """Mixed precision of the forward pass (see `CQL.autocast_dtype`); None: fp32."""
 
     def update(self, batch: TorchBatch) -> dict[str, float]:
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with autocast(self.device, self.autocast_dtype):
             loss, metrics = bc_loss(self.actor, batch, self.cfg.action_margin)
         self.actor_optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from robot_rl.algos.batch import TorchBatch
+from robot_rl.algos.batch import TorchBatch, autocast
 from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
 
 
@@ -77,6 +77,23 @@ class CQLConfig:
     """The BC warm start clamps data actions to [-1 + margin, 1 - margin] (see `BCConfig.action_margin`)."""
 
 
+def conservative_gap(
+    q_all: Tensor, policy_log_prob: Tensor, next_policy_log_prob: Tensor, action_dim: int, importance_sampling: bool
+) -> Tensor:
+    """L_CQL per member. q_all (N, B, 1 + 3K) holds Q at the data's action, then at K uniform, K pi(.|s) and K
+    pi(.|s') actions, in that order; the log-probabilities are (B, K) each. Returns (N,): the log-sum-exp over the
+    3K samples, each divided by its density (or all by 3K without importance sampling), minus Q at the data's
+    action, both averaged over the batch."""
+    b, k = policy_log_prob.shape
+    if importance_sampling:
+        uniform = torch.full((b, k), -action_dim * math.log(2.0), device=q_all.device)  # uniform on [-1, 1]^A
+        log_density = torch.cat([uniform, policy_log_prob, next_policy_log_prob], dim=1)  # (B, 3K)
+    else:
+        log_density = torch.full((b, 3 * k), math.log(3 * k), device=q_all.device)  # the mean over the samples
+    logsumexp = torch.logsumexp(q_all[:, :, 1:] - log_density.unsqueeze(0), dim=2)  # (N, B)
+    return logsumexp.mean(dim=1) - q_all[:, :, 0].mean(dim=1)
+
+
 def critic_loss(
     q: QEnsemble,
     q_target: QEnsemble,
@@ -114,18 +131,7 @@ def critic_loss(
     q_data = q_all[:, :, 0]  # (N, B)
     td = (q_data - target.unsqueeze(0)).pow(2).mean(dim=1)  # (N,)
 
-    log_density = torch.cat(
-        [
-            torch.full((b, k), -a_dim * math.log(2.0), device=q_all.device),  # uniform on [-1, 1]^A
-            policy_log_prob,
-            next_policy_log_prob,
-        ],
-        dim=1,
-    )  # (B, 3K)
-    if not cfg.importance_sampling:
-        log_density = torch.full_like(log_density, math.log(3 * k))  # uniform weights over the 3K samples
-    logsumexp = torch.logsumexp(q_all[:, :, 1:] - log_density.unsqueeze(0), dim=2)  # (N, B)
-    conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N,)
+    conservative = conservative_gap(q_all, policy_log_prob, next_policy_log_prob, a_dim, cfg.importance_sampling)
     penalty = cql_weight * (conservative - cfg.target_gap) if cfg.lagrange else cql_weight * conservative
     loss = (td + penalty).sum()
     metrics = {
@@ -201,7 +207,7 @@ class CQL:
         Parameters, optimiser states and the backward's accumulation stay fp32."""
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        return autocast(self.device, self.autocast_dtype)
 
     def update(self, batch: TorchBatch) -> dict[str, float]:
         cfg = self.cfg

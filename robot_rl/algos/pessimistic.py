@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from robot_rl.algos.batch import TorchBatch
-from robot_rl.algos.cql import CQL, alpha_loss
+from robot_rl.algos.cql import CQL, alpha_loss, conservative_gap
 from robot_rl.algos.ensemble import EnsembleActor, agent_min_q, ensemble_q, stack_critics
 from robot_rl.networks import QEnsemble
 
@@ -130,18 +130,9 @@ def ensemble_critic_loss(
         "critic/q_spread": agent_min_q(q_data, agents, critics).std(dim=0).mean().item() if agents > 1 else 0.0,
     }
     if cfg.keep_cql:
-        log_density = torch.cat(
-            [
-                torch.full((b, k), -a_dim * math.log(2.0), device=q_all.device),  # uniform on [-1, 1]^A
-                policy_log_prob,
-                next_policy_log_prob,
-            ],
-            dim=1,
-        )  # (B, 3K)
-        if not cfg.cql_importance_sampling:
-            log_density = torch.full_like(log_density, math.log(3 * k))
-        logsumexp = torch.logsumexp(q_all[:, :, 1:] - log_density.unsqueeze(0), dim=2)  # (N*M, B)
-        conservative = logsumexp.mean(dim=1) - q_data.mean(dim=1)  # (N*M,)
+        conservative = conservative_gap(  # (N*M,)
+            q_all, policy_log_prob, next_policy_log_prob, a_dim, cfg.cql_importance_sampling
+        )
         loss = loss + cfg.cql_weight * conservative.sum()
         metrics["critic/cql_gap"] = conservative.mean().item()
     return loss, features.detach(), metrics
