@@ -17,6 +17,7 @@ import tyro
 from robot_rl.data.episodes import DatasetError
 from robot_rl.experiment import ExperimentError
 from robot_rl.policy import CheckpointError
+from robot_rl.report import ReportError
 from robot_rl.runs import new_run_dir, write_run_record
 from robot_rl.train.finetune import FinetuneConfig
 from robot_rl.train.offline import OfflineConfig, TrainingError
@@ -328,7 +329,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
 def main(args: list[str] | None = None) -> None:
     try:
         _dispatch(args)
-    except (DatasetError, TrainingError, ExperimentError, CheckpointError) as e:
+    except (DatasetError, TrainingError, ExperimentError, CheckpointError, ReportError) as e:
         print(f"robot-rl: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -166,7 +166,12 @@ def cell_status(cell: Cell) -> str:
     assert run is not None
     if not (run / "run.json").exists():
         return "new"
-    recorded = json.loads((run / "run.json").read_text())["config"]
+    try:
+        recorded = json.loads((run / "run.json").read_text())["config"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ExperimentError(
+            f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
+        ) from e
     if recorded != _jsonable(cell.config):
         changed = sorted(k for k in set(recorded) | set(_jsonable(cell.config))
                          if recorded.get(k) != _jsonable(cell.config).get(k))  # fmt: skip

@@ -26,6 +26,10 @@ import numpy as np
 from robot_rl.train.logger import read_metrics
 
 
+class ReportError(ValueError):
+    """Nothing to report on, or a run folder whose records cannot be read; the message names the path."""
+
+
 @dataclass
 class RunSummary:
     folder: Path
@@ -97,9 +101,12 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
     runs = []
     for root in paths:
         if not root.exists():
-            raise FileNotFoundError(f"no such folder: {root}")
+            raise ReportError(f"no such folder: {root}")
         for record_path in sorted(root.rglob("run.json")):
-            record = json.loads(record_path.read_text())
+            try:
+                record = json.loads(record_path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ReportError(f"{record_path}: cannot read the run record ({e})") from e
             kind = record.get("command")
             if kind not in ("train", "finetune"):
                 continue
@@ -217,7 +224,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
 
     runs = find_runs(paths)
     if not runs:
-        raise FileNotFoundError(f"no training or fine-tuning runs (run.json) below {', '.join(map(str, paths))}")
+        raise ReportError(f"no training or fine-tuning runs (run.json) below {', '.join(map(str, paths))}")
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(runs)
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -143,6 +143,18 @@ def test_a_changed_config_is_refused_not_mixed(datasets: dict[str, Path], tmp_pa
         run_experiment(load_experiment(changed))
 
 
+def test_an_unreadable_run_record_stops_the_grid_before_any_work(datasets: dict[str, Path], tmp_path: Path) -> None:
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", seeds=[0]))
+    folder = exp.cells[1].config.out
+    assert folder is not None
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text("{not json")
+    with pytest.raises(ExperimentError, match=r"bc_all/seed0: cannot read .*run.json"):
+        run_experiment(exp)
+    assert not (tmp_path / "out" / "closed_drawer" / "cog" / "seed0" / "run.json").exists()  # nothing started
+    assert (folder / "run.json").read_text() == "{not json"  # and nothing overwritten
+
+
 def test_a_failing_run_is_reported_and_the_grid_goes_on(datasets: dict[str, Path], tmp_path: Path) -> None:
     path = write_experiment(
         tmp_path / "e.yaml", datasets, tmp_path / "out", seeds=[0],
@@ -182,3 +194,22 @@ def test_demo_command_trains_reports_and_prints_both_success_rates(
     assert "2 done" in capsys.readouterr().out
     main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")])
     assert "| closed_drawer |" in capsys.readouterr().out and (tmp_path / "r" / "report.md").exists()
+
+
+def test_report_on_nothing_or_a_broken_record_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from robot_rl.cli import main
+
+    for args, message in (
+        ([str(tmp_path / "missing")], "no such folder"),
+        ([str(tmp_path)], "no training or fine-tuning runs"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["report", *args])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"command": "train", "conf')  # cut off mid-write
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path)])
+    assert f"{tmp_path / 'run' / 'run.json'}: cannot read the run record" in capsys.readouterr().err
