@@ -182,3 +182,41 @@ def test_bf16_precision_trains_and_is_recorded(datasets: dict[str, Path], tmp_pa
     assert json.loads((run / "run.json").read_text())["config"]["precision"] == "bf16"
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "actor/loss" in r]
     assert len(rows) == 2 and all(np.isfinite(r["actor/loss"]) for r in rows)
+
+
+def test_success_terminal_and_reward_scale_shape_what_the_learner_sees() -> None:
+    rng = np.random.default_rng(0)
+    reward = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
+    terminated = np.array([False, False, True, False])
+    batch = Batch(None, rng.normal(size=(4, 5)).astype(np.float32), reward, None, terminated, np.zeros(4, bool))  # type: ignore[arg-type]
+    shaped = offline.shape_rewards(batch, 100.0, success_terminal=True)
+    np.testing.assert_array_equal(shaped.reward, [0.0, 100.0, 0.0, 100.0])
+    np.testing.assert_array_equal(shaped.terminated, [False, True, True, True])  # rewarded ones end; others kept
+    assert shaped.reward.dtype == np.float32 and shaped.terminated.dtype == np.bool_
+    plain = offline.shape_rewards(batch, 2.0, success_terminal=False)
+    np.testing.assert_array_equal(plain.terminated, terminated)
+    np.testing.assert_array_equal(plain.reward, [0.0, 2.0, 0.0, 2.0])
+    np.testing.assert_array_equal(batch.reward, [0.0, 1.0, 0.0, 1.0])  # the sampled batch itself is not changed
+
+
+def test_training_with_success_terminal_feeds_shaped_batches(
+    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robot_rl.algos.cql import CQL
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    update = CQL.update
+
+    def spy(self: CQL, batch: Any) -> dict[str, float]:
+        seen.append((batch.reward.clone(), batch.terminated.clone()))
+        return update(self, batch)
+
+    monkeypatch.setattr(CQL, "update", spy)
+    cfg = config(datasets, tmp_path / "term", algo="cql", steps=6, success_terminal=True, reward_scale=100.0)
+    train_offline(cfg)
+    rewards = torch.cat([r for r, _ in seen])
+    terminated = torch.cat([t for _, t in seen])
+    assert set(rewards.unique().tolist()) <= {0.0, 100.0} and bool((rewards == 100.0).any())
+    assert bool((terminated[rewards > 0] == 1).all())
+    with pytest.raises(TrainingError, match="reward_scale"):
+        train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))

@@ -76,6 +76,12 @@ class OfflineConfig:
     """Standardise the state inputs with the mean and standard deviation of the training data (task + prior),
     the standard deviation floored at `state_std_floor`; stored in checkpoints and exported policies."""
     state_std_floor: float = 0.01
+    success_terminal: bool = False
+    """Treat every rewarded transition as terminal: the task ends at success, so a success's value is its reward,
+    not a bootstrap through the rest of the episode. Q then spans reward_scale * gamma^(steps to success)."""
+    reward_scale: float = 1.0
+    """Multiply rewards by this in the losses (with `success_terminal`, 1 / (1 - gamma) keeps Q on the scale of the
+    continuing task, where holding the success is worth up to 1 / (1 - gamma))."""
     augment_pad: int = 4
     """Random-shift augmentation of images (pad and crop, one shift per image); 0 turns it off."""
     seed: int = 0
@@ -167,6 +173,12 @@ def state_statistics(
     return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
 
 
+def shape_rewards(batch: Batch, scale: float, success_terminal: bool) -> Batch:
+    """Rewards times `scale`; with `success_terminal`, every rewarded transition also terminates."""
+    terminated = batch.terminated | (batch.reward > 0) if success_terminal else batch.terminated
+    return batch._replace(reward=batch.reward * np.float32(scale), terminated=terminated)
+
+
 def _check_batch(batch: Batch, step: int) -> None:
     for name, array in (("action", batch.action), ("reward", batch.reward), ("state", batch.obs.state)):
         if not np.all(np.isfinite(array)):
@@ -178,6 +190,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
     from robot_rl.checkpoints import export_policy, load_learner, save_learner
     from robot_rl.policy import Policy
 
+    if not (math.isfinite(cfg.reward_scale) and cfg.reward_scale > 0):
+        raise TrainingError(f"reward_scale must be a finite number > 0, got {cfg.reward_scale}")
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
@@ -229,6 +243,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         for step in bar:
             batch = sampler.sample(rng, cfg.batch_size)
             _check_batch(batch, step)
+            if cfg.success_terminal or cfg.reward_scale != 1.0:
+                batch = shape_rewards(batch, cfg.reward_scale, cfg.success_terminal)
             metrics = agent.update(to_torch(batch, device, pad, generator, use_privileged))
             bad = [k for k, v in metrics.items() if not math.isfinite(v)]
             if bad:
