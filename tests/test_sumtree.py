@@ -354,3 +354,37 @@ def test_update_priorities_touches_only_the_batch() -> None:
     np.testing.assert_array_equal(after[~touched], before[~touched])
     np.testing.assert_allclose(after[touched], 2.0)
     assert_parents_are_sums(sampler.tree)
+
+
+def test_sampler_state_restores_into_a_fresh_sampler_that_draws_the_same() -> None:
+    rng = np.random.default_rng(0)
+    sampler = DensityRatioSampler(50, BalancedReplayConfig(), online_capacity=8)
+    sampler.add_online(5)
+    drawn = sampler.sample(rng, 16)
+    sampler.update_priorities(drawn.indices, rng.uniform(0.1, 5.0, 16), rng.uniform(0.1, 5.0, 32))
+    priorities, running_max = sampler.state()
+    fresh = DensityRatioSampler(50, BalancedReplayConfig(), online_capacity=8)
+    fresh.restore(priorities, running_max)
+    assert fresh.num_online == 5 and fresh.state()[1] == running_max
+    np.testing.assert_array_equal(fresh.state()[0], priorities)
+    a, b = sampler.sample(np.random.default_rng(7), 64), fresh.sample(np.random.default_rng(7), 64)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    # the next online transitions enter at the restored running maximum, not a re-initialised one
+    added = fresh.add_online(2)
+    np.testing.assert_array_equal(fresh.tree.priorities()[added], [running_max, running_max])
+
+
+@pytest.mark.parametrize(
+    ("priorities", "running_max", "problem"),
+    [
+        (np.ones(3), None, "cannot hold 50 offline"),
+        (np.r_[np.ones(50), np.nan], 1.0, "finite"),
+        (np.ones(52), None, "without the running maximum"),
+        (np.ones(52), -1.0, "running maximum must be"),
+    ],
+)
+def test_sampler_restore_refuses_bad_states(
+    priorities: NDArray[np.float64], running_max: float | None, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem):
+        DensityRatioSampler(50).restore(priorities, running_max)

@@ -135,6 +135,30 @@ class DensityRatioSampler:
     def nbytes(self) -> int:
         return self.tree.nbytes
 
+    def state(self) -> tuple[NDArray[np.float64], float | None]:
+        """What a checkpoint needs: the (offline + online,) priorities and the running maximum (the largest priority
+        ever set, which the tree alone does not hold)."""
+        return self.tree.priorities(), self._running_max
+
+    def restore(self, priorities: ArrayLike, running_max: float | None) -> None:
+        """Set a fresh sampler (no online transition registered yet) to a saved `state()`: the offline priorities,
+        the online transitions registered by then, and the running maximum."""
+        values = np.asarray(priorities, dtype=np.float64)
+        if self.num_online:
+            raise ValueError(f"restore needs a fresh sampler; this one has {self.num_online} online transitions")
+        if values.ndim != 1 or len(values) < self.num_offline:
+            raise ValueError(f"a state of {values.shape} priorities cannot hold {self.num_offline} offline ones")
+        if not (np.all(np.isfinite(values)) and np.all(values >= 0)):
+            raise ValueError("saved priorities must be finite and >= 0")
+        if running_max is not None and not (math.isfinite(running_max) and running_max > 0):
+            raise ValueError(f"the running maximum must be finite and > 0, got {running_max}")
+        if running_max is None and len(values) > self.num_offline:
+            raise ValueError("online priorities were saved without the running maximum")
+        self.tree.update(np.arange(self.num_offline), values[: self.num_offline])
+        if len(values) > self.num_offline:
+            self.tree.add(values[self.num_offline :])
+        self._running_max = running_max
+
     def add_online(self, count: int) -> NDArray[np.int64]:
         """Register `count` new online transitions (appended to the online store in this order) at the running
         maximum priority; return their (count,) tree indices."""

@@ -359,7 +359,7 @@ def save_checkpoint(
     if agent.device.type == "cuda":
         tensors["rng/torch_cuda"] = torch.cuda.get_rng_state(agent.device)
     if sampler is not None:
-        tensors["sampler/priorities"] = torch.from_numpy(sampler.tree.priorities())  # (offline + online,) float64
+        tensors["sampler/priorities"] = torch.from_numpy(sampler.state()[0])  # (offline + online,) float64
     weights = safetensors.torch.save(tensors_for_saving(tensors), metadata={"format": FINETUNE_FORMAT})
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **online.arrays())  # plain numeric arrays, no object arrays
@@ -379,7 +379,7 @@ def save_checkpoint(
         },
         "density_ratio_steps": ratio.steps,
         "optimizers": optimizers,
-        "sampler": None if sampler is None else {"running_max": sampler.running_max},
+        "sampler": None if sampler is None else {"running_max": sampler.state()[1]},
         "numpy_rng": rng.bit_generator.state,  # PCG64: plain (big) integers, JSON holds them exactly
         "counters": dict(counters),
         "versions": software_versions(),
@@ -470,12 +470,10 @@ def restore_sampler(
         raise CheckpointError(
             f"the checkpoint holds {len(priorities)} priorities for {n_off} offline + {num_online} online transitions"
         )
-    sampler.tree.update(np.arange(n_off), priorities[:n_off])
-    if len(priorities) > n_off:
-        sampler.tree.add(priorities[n_off:])
-    # DensityRatioSampler has no public way to set the priority of new online transitions; it is part of the
-    # state (the largest priority ever set, not recoverable from the tree), so it is restored directly.
-    sampler._running_max = running_max
+    try:
+        sampler.restore(priorities, running_max)
+    except ValueError as error:
+        raise CheckpointError(f"the checkpoint's replay priorities: {error}") from error
 
 
 # -- the loop --------------------------------------------------------------------------------------------------------
