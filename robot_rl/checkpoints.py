@@ -38,6 +38,8 @@ from torch import Tensor, nn
 
 from robot_rl.algos.bc import BC
 from robot_rl.algos.cql import CQL
+from robot_rl.algos.ensemble import EnsembleActor, actor_architecture
+from robot_rl.algos.pessimistic import PessimisticEnsemble
 from robot_rl.policy import (
     CheckpointError,
     Policy,
@@ -374,7 +376,7 @@ def load_learner(folder: Path | str, agent: Agent, check_config: bool = True) ->
 
 # -- export --------------------------------------------------------------------------------------------------------
 def export_policy(
-    agent: Agent,
+    agent: Agent | PessimisticEnsemble,
     env_spec: Mapping[str, Any],
     *,
     use_privileged: bool = False,
@@ -385,9 +387,11 @@ def export_policy(
     `env_spec` is the env's `spec_record().to_dict()` (also `DatasetInfo.env_spec` of the training data): action
     names, scales and units, state and privileged names, image shape, control period. `use_privileged` says the
     agent was trained with the privileged state appended (`to_torch(use_privileged=True)`). `info` is recorded
-    with the policy; the learner's step is added as "learner_steps".
+    with the policy; the learner's step is added as "learner_steps". A fine-tuned ensemble exports all its actors
+    as one policy (`PolicySpec.members` = N) that acts with their moment-matched Gaussian.
     """
     actor = agent.actor
+    hidden, conv = actor_architecture(actor)
     try:
         image_shape = None
         if actor.encoder.conv is not None:
@@ -408,10 +412,11 @@ def export_policy(
             action_scales=tuple(float(s) for s in env_spec["action_scales"]),
             action_units=tuple(env_spec["action_units"]),
             control_period_s=None if period is None else float(period),
-            hidden=tuple(agent.cfg.hidden),
-            conv=agent.cfg.conv,
+            hidden=hidden,
+            conv=conv,
             state_dim=actor.encoder.state_dim,
             action_dim=actor.action_dim,
+            members=actor.members if isinstance(actor, EnsembleActor) else 1,
         )
     except KeyError as e:
         raise ValueError(f"env_spec lacks {e}; pass the env's spec_record().to_dict()") from e

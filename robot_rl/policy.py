@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import safetensors
@@ -40,6 +40,9 @@ from torch import Tensor
 
 from robot_rl.networks import ConvConfig, TanhGaussianActor
 
+if TYPE_CHECKING:
+    from robot_rl.algos.ensemble import EnsembleActor
+
 POLICY_FORMAT = "robot_rl.policy"
 """The marker in policy.json that says the folder is one of ours."""
 POLICY_FORMAT_VERSION = 1
@@ -47,6 +50,8 @@ POLICY_FORMAT_VERSION = 1
 POLICY_WEIGHTS = "policy.safetensors"
 POLICY_JSON = "policy.json"
 ACTOR_CLASS = "TanhGaussianActor"
+ENSEMBLE_ACTOR_CLASS = "EnsembleActor"
+"""The actor of a policy with `PolicySpec.members` > 1 (fine-tuned ensembles): acts with the moment-matched Gaussian."""
 PREPROCESSING = "uint8 HWC / 255 -> float CHW"
 """The image transform the actor was trained behind (`robot_rl.algos.batch`); the only one this code implements."""
 
@@ -94,9 +99,14 @@ class PolicySpec:
     """Output size: len(action_names)."""
     preprocessing: str = PREPROCESSING
     """How images are turned into the actor's input."""
+    members: int = 1
+    """Actors in the policy: 1, or N for an ensemble (`EnsembleActor`) that acts with its members' moment-matched
+    Gaussian (a pessimistic Q-ensemble's policy after fine-tuning)."""
 
     def __post_init__(self) -> None:
         problems = []
+        if self.members < 1:
+            problems.append(f"members must be >= 1, got {self.members}")
         if self.image_shape is not None and (len(self.image_shape) != 3 or min(self.image_shape) < 1):
             problems.append(f"image_shape must be (H, W, C) with positive sizes, got {self.image_shape}")
         if self.use_privileged != bool(self.privileged_names):
@@ -128,7 +138,8 @@ class PolicySpec:
         """Parse and check a spec read from JSON; anything missing, unknown or mistyped is a `CheckpointError`."""
         fields = {f.name for f in dataclasses.fields(cls)}
         conv_fields = {f.name for f in dataclasses.fields(ConvConfig)}
-        _check_keys(data, fields, source)
+        # Policies written before ensembles existed have no "members": a single actor.
+        _check_keys(data, fields if not isinstance(data, dict) or "members" in data else fields - {"members"}, source)
         _check_keys(data["conv"], conv_fields, f"{source}: conv")
         try:
             conv = data["conv"]
@@ -151,12 +162,25 @@ class PolicySpec:
                 state_dim=_typed(data["state_dim"], int),
                 action_dim=_typed(data["action_dim"], int),
                 preprocessing=_typed(data["preprocessing"], str),
+                members=_typed(data.get("members", 1), int),
             )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: {e}") from e
 
-    def build_actor(self) -> TanhGaussianActor:
+    @property
+    def actor_class(self) -> str:
+        return ACTOR_CLASS if self.members == 1 else ENSEMBLE_ACTOR_CLASS
+
+    def build_actor(self) -> TanhGaussianActor | EnsembleActor:
         """A freshly initialised actor of this spec's architecture (its weights are then loaded)."""
+        if self.members > 1:
+            # Imported here: a single-actor policy needs nothing beyond robot_rl.networks (ros_nodes loads only
+            # this module); the ensemble actor is torch and networks code too, with no training code behind it.
+            from robot_rl.algos.ensemble import EnsembleActor
+
+            return EnsembleActor(
+                self.members, self.image_shape, self.state_dim, self.action_dim, self.hidden, self.conv
+            )
         return TanhGaussianActor(self.image_shape, self.state_dim, self.action_dim, self.hidden, self.conv)
 
 
@@ -355,7 +379,7 @@ class Policy:
     def __init__(
         self,
         spec: PolicySpec,
-        actor: TanhGaussianActor | None = None,
+        actor: TanhGaussianActor | EnsembleActor | None = None,
         *,
         info: Mapping[str, Any] | None = None,
         versions: Mapping[str, str] | None = None,
@@ -388,9 +412,13 @@ class Policy:
     def _act(self, observations: Mapping[str, NDArray[Any]], deterministic: bool, batched: bool) -> NDArray[np.float32]:
         image, state = self._inputs(observations, batched)
         with torch.inference_mode():
-            features = self.actor.encode(image, state)  # (B, F)
-            # The mean action tanh(mu(s)), or one sample of pi(.|s) from torch's global generator.
-            action = self.actor.deterministic(features) if deterministic else self.actor.sample(features, 1)[0][:, 0]
+            actor = self.actor
+            if isinstance(actor, TanhGaussianActor):
+                features = actor.encode(image, state)  # (B, F)
+                # The mean action tanh(mu(s)), or one sample of pi(.|s) from torch's global generator.
+                action = actor.deterministic(features) if deterministic else actor.sample(features, 1)[0][:, 0]
+            else:  # an EnsembleActor (spec.members > 1): tanh of the moment-matched mean, or a sample of it
+                action = actor.act(image, state, deterministic)
         out: NDArray[np.float32] = action.cpu().numpy().astype(np.float32, copy=False)
         if not np.isfinite(out).all():  # unreachable with finite weights and inputs; the robot must never get NaN
             raise RuntimeError("the policy produced non-finite actions")
@@ -459,7 +487,7 @@ class Policy:
         record = {
             "format": POLICY_FORMAT,
             "format_version": POLICY_FORMAT_VERSION,
-            "actor": ACTOR_CLASS,
+            "actor": self.spec.actor_class,
             "spec": self.spec.to_dict(),
             "safetensors_sha256": sha256_of(weights),
             "info": self.info,
@@ -479,11 +507,14 @@ class Policy:
             {"format", "format_version", "actor", "spec", "safetensors_sha256", "info", "versions"},
             str(json_path),
         )
-        if record["actor"] != ACTOR_CLASS:
-            raise CheckpointError(f"{json_path}: actor {record['actor']!r} is not {ACTOR_CLASS!r}")
         if not isinstance(record["info"], dict) or not isinstance(record["versions"], dict):
             raise CheckpointError(f"{json_path}: info and versions must be JSON objects")
         spec = PolicySpec.from_dict(record["spec"], f"{json_path}: spec")
+        if record["actor"] != spec.actor_class:
+            raise CheckpointError(
+                f"{json_path}: actor {record['actor']!r} does not match the spec ({spec.members} member(s): "
+                f"{spec.actor_class!r})"
+            )
         tensors = read_checked_tensors(folder / POLICY_WEIGHTS, record["safetensors_sha256"])
         actor = spec.build_actor()
         check_tensors(str(folder / POLICY_WEIGHTS), tensors, actor.state_dict())

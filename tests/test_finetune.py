@@ -379,3 +379,43 @@ def test_fine_tuning_runs_are_reported_with_start_drop_and_area(cog_runs: dict[s
     assert (
         "| closed_drawer | balanced |" in text and (tmp_path / "report" / "finetune_curves_closed_drawer.png").exists()
     )
+
+
+def test_the_ensemble_exports_one_deployable_policy_that_acts_as_the_ensemble(
+    cog_runs: dict[str, Any], tmp_path: Path
+) -> None:
+    from robot_rl.checkpoints import export_policy
+    from robot_rl.policy import CheckpointError, Policy
+
+    runs = cog_runs["runs"]
+    members, offline_data = load_agents(runs, check_runs(runs), torch.device("cpu"))
+    agent = PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig())
+    spec = offline_data.info.env_spec
+    folder = export_policy(agent, spec, use_privileged=True).save(tmp_path / "policy")
+    policy = Policy.load(folder)
+    assert policy.spec.members == 2
+    assert json.loads((folder / "policy.json").read_text())["actor"] == "EnsembleActor"
+    batch = offline_data.sample(np.random.default_rng(3), 8)
+    observations = {"state": batch.obs.state, "privileged": batch.obs.privileged}
+    state = np.concatenate([batch.obs.state, batch.obs.privileged], axis=1)  # type: ignore[list-item]
+    np.testing.assert_allclose(
+        policy.act_batch(observations), agent.act(state, deterministic=True), rtol=1e-6, atol=1e-6
+    )
+    # it is the moment-matched action, not member 0's
+    with torch.no_grad():
+        first = members[0].actor.deterministic(members[0].actor.encode(None, torch.from_numpy(state))).numpy()
+    assert not np.allclose(policy.act_batch(observations), first, atol=1e-4)
+    # the recorded actor class must agree with the spec's members
+    record = json.loads((folder / "policy.json").read_text())
+    record["actor"] = "TanhGaussianActor"
+    (folder / "policy.json").write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match="does not match the spec"):
+        Policy.load(folder)
+
+
+def test_a_fine_tuning_run_leaves_its_ensemble_policy(cog_runs: dict[str, Any], tmp_path: Path) -> None:
+    from robot_rl.policy import Policy
+
+    run = finetune(config(cog_runs["runs"], tmp_path / "ft", online_steps=10, first_batch=10, eval_every=10))
+    policy = Policy.load(run / "policy")
+    assert policy.spec.members == 2 and policy.info["online_steps"] == 10

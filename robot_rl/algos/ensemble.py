@@ -232,6 +232,11 @@ def stack_critics(qs: Sequence[QEnsemble]) -> QEnsemble:
     return stacked.to(next(first.parameters()).device)
 
 
+def actor_architecture(actor: TanhGaussianActor | EnsembleActor) -> tuple[tuple[int, ...], ConvConfig]:
+    """An actor's hidden sizes and image-encoder `ConvConfig` (COG's default without images), read from its layers."""
+    return tuple(_mlp_sizes(actor.head)[1:-1]), _image_architecture(actor.encoder)[1]
+
+
 def _mlp_sizes(mlp: EnsembleMLP) -> list[int]:
     """[in, hidden..., out] of an `EnsembleMLP`, from its weights (N, in, out)."""
     linears = [layer for layer in mlp.net if isinstance(layer, EnsembleLinear)]

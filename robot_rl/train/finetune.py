@@ -22,12 +22,13 @@ with `updates_per_step=1` is the same ratio, interleaved):
     online data alone (no density ratio is trained for either).
 
 Run folder: run.json (this config), metrics.jsonl (one row per `log_every` online steps and per evaluation, each with
-`online_steps`; `train/offline_fraction` is the mean share of offline transitions in the RL batches since the last
-row), learning_curves.png, checkpoints/latest. A checkpoint holds the whole learner (agent, density ratio,
-optimisers, sum-tree priorities, RNG states) and the online data (online.npz, plain arrays, loaded without pickle),
-and is written when an episode ends, so that resuming (`resume=RUN`) continues exactly as the uninterrupted run
-would: the next episode's reset seed is a function of (seed, episode number) and every random generator is restored.
-A crash loses the steps since the last checkpoint, and nothing saved.
+`online_steps`; `train/offline_fraction` is the mean share of offline transitions in the RL batches since the last row),
+learning_curves.png, policy/ (the deployable policy of the latest evaluation: all N actors, acting with their moment-
+matched Gaussian; `robot-rl eval RUN/policy` runs it), checkpoints/latest. A checkpoint holds the whole learner (agent,
+density ratio, optimisers, sum-tree priorities, RNG states) and the online data (online.npz, plain arrays, loaded
+without pickle), and is written when an episode ends, so that resuming (`resume=RUN`) continues exactly as the
+uninterrupted run would: the next episode's reset seed is a function of (seed, episode number) and every random
+generator is restored. A crash loses the steps since the last checkpoint, and nothing saved.
 
 State observations only for now (`observation="state"` runs): with images, the density ratio would need the critic's
 image features (DESIGN.md, Learning) and the online store would hold frames; neither is wired here yet.
@@ -57,7 +58,7 @@ from robot_rl.algos.batch import to_torch
 from robot_rl.algos.cql import CQL
 from robot_rl.algos.density_ratio import DensityRatio, DensityRatioConfig
 from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig
-from robot_rl.checkpoints import optimizer_records, optimizer_states
+from robot_rl.checkpoints import export_policy, optimizer_records, optimizer_states
 from robot_rl.data.replay import Batch, Observation, TransitionStore, concatenate
 from robot_rl.policy import (
     CheckpointError,
@@ -594,6 +595,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         return observation
 
     def evaluate_now() -> dict[str, float]:
+        # The deployable policy (all N actors, acting with their moment-matched Gaussian), then its evaluation.
+        info_record = {"online_steps": counters["online_steps"], "runs": [str(r) for r in cfg.runs]}
+        export_policy(agent, spec, use_privileged=True, info=info_record).save(run / "policy")
         result = evaluate(EnsembleActingPolicy(agent, deterministic=True), eval_cfg)
         return {**result.summary(), "online_steps": float(counters["online_steps"])}
 
