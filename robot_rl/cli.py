@@ -257,15 +257,17 @@ class ExperimentCommand:
     """Write the report (tables and plots) into OUT/report when the grid is done."""
     dry_run: bool = False
     """Only check the file and say what would run."""
+    only: tuple[str, ...] = ()
+    """Run only the cells of these tasks or methods (e.g. `--only closed_drawer`); the others are left as they are."""
 
 
 def experiment(cmd: ExperimentCommand) -> Path:
     import dataclasses
 
-    from robot_rl.experiment import describe, ensure_datasets, load_experiment, run_experiment
+    from robot_rl.experiment import describe, ensure_datasets, load_experiment, run_experiment, select
     from robot_rl.report import write_report
 
-    exp = load_experiment(cmd.config)
+    exp = select(load_experiment(cmd.config), cmd.only)
     if cmd.workers is not None:
         exp = dataclasses.replace(exp, workers=cmd.workers)
     print(describe(exp))

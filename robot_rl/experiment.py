@@ -21,10 +21,11 @@ turns the folder into tables and plots.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,21 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         run.mkdir(parents=True, exist_ok=True)
         (run / "error.txt").write_text(traceback.format_exc())
         return {"label": cell.label, "status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+def select(experiment: Experiment, names: Sequence[str]) -> Experiment:
+    """The experiment restricted to the cells whose task or method is in `names` (all of them if `names` is empty);
+    only the datasets those cells train on are collected. An unknown name is an `ExperimentError`."""
+    if not names:
+        return experiment
+    known = {c.task for c in experiment.cells} | {c.method for c in experiment.cells}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ExperimentError(f"{experiment.name}: no task or method named {unknown}; known: {sorted(known)}")
+    cells = tuple(c for c in experiment.cells if c.task in names or c.method in names)
+    used = {str(path) for c in cells for path in (c.config.task, c.config.prior) if path is not None}
+    recipes = {folder: recipe for folder, recipe in experiment.recipes.items() if str(folder) in used}
+    return dataclasses.replace(experiment, cells=cells, recipes=recipes)
 
 
 def ensure_datasets(experiment: Experiment, workers: int | None = None, progress: bool = True) -> list[Path]:

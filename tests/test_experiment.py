@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from robot_rl.experiment import ExperimentError, cell_status, load_experiment, run_experiment
+from robot_rl.experiment import ExperimentError, cell_status, load_experiment, run_experiment, select
 from robot_rl.report import find_runs, mean_se, write_report
 from robot_rl.runs import write_run_record
 from robot_rl.train.logger import read_metrics
@@ -100,6 +100,27 @@ def test_recipe_names_resolve_to_dataset_folders_of_the_scale(datasets: dict[str
     exp = load_experiment(path, recipes_dir=RECIPES)
     assert exp.cells[0].config.task == tmp_path / "d" / "drawer-closed-task-smoke-v0"
     assert set(exp.recipes.values()) == {RECIPES / "drawer-closed-task.yaml", RECIPES / "drawer-closed-prior.yaml"}
+
+
+def test_only_selects_cells_by_task_or_method_and_collects_only_their_data(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    path = write_experiment(
+        tmp_path / "e.yaml", datasets, tmp_path / "out", scale="smoke", datasets_root=str(tmp_path / "d"),
+        tasks={"closed_drawer": {"task": "drawer-closed-task", "prior": "drawer-closed-prior"},
+               "pick_place": {"task": "pickplace-task", "prior": "pickplace-prior"}},
+    )  # fmt: skip
+    exp = load_experiment(path, recipes_dir=RECIPES)
+    assert select(exp, ()) is exp
+    pick = select(exp, ["pick_place"])
+    assert {c.task for c in pick.cells} == {"pick_place"} and len(pick.cells) == 4
+    assert set(pick.recipes.values()) == {RECIPES / "pickplace-task.yaml", RECIPES / "pickplace-prior.yaml"}
+    bc = select(exp, ["bc_all"])
+    assert [c.label for c in bc.cells] == [
+        f"{t}/bc_all/seed{s}" for t in ("closed_drawer", "pick_place") for s in (0, 1)
+    ]
+    with pytest.raises(ExperimentError, match="no task or method named \\['pickplace'\\]"):
+        select(exp, ["pickplace"])
 
 
 def test_grid_runs_resumes_and_reports(datasets: dict[str, Path], tmp_path: Path) -> None:
