@@ -234,3 +234,9 @@ def test_report_on_nothing_or_a_broken_record_is_a_clear_error(
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert f"{tmp_path / 'run' / 'run.json'}: cannot read the run record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted((RECIPES.parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_shipped_experiment_files_load(path: Path) -> None:
+    exp = load_experiment(path, recipes_dir=RECIPES)
+    assert exp.cells and all(cell.config.algo in ("cog", "cql", "bc", "sac") for cell in exp.cells)
