@@ -359,8 +359,9 @@ def save_checkpoint(
     tensors["rng/torch_cpu"] = torch.get_rng_state()
     if agent.device.type == "cuda":
         tensors["rng/torch_cuda"] = torch.cuda.get_rng_state(agent.device)
-    if sampler is not None:
-        tensors["sampler/priorities"] = torch.from_numpy(sampler.state()[0])  # (offline + online,) float64
+    priorities, running_max = sampler.state() if sampler is not None else (None, None)  # one copy of the tree
+    if priorities is not None:
+        tensors["sampler/priorities"] = torch.from_numpy(priorities)  # (offline + online,) float64
     weights = safetensors.torch.save(tensors_for_saving(tensors), metadata={"format": FINETUNE_FORMAT})
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **online.arrays())  # plain numeric arrays, no object arrays
@@ -380,7 +381,7 @@ def save_checkpoint(
         },
         "density_ratio_steps": ratio.steps,
         "optimizers": optimizers,
-        "sampler": None if sampler is None else {"running_max": sampler.state()[1]},
+        "sampler": None if sampler is None else {"running_max": running_max},
         "numpy_rng": rng.bit_generator.state,  # PCG64: plain (big) integers, JSON holds them exactly
         "counters": dict(counters),
         "versions": software_versions(),
