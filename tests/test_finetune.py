@@ -203,6 +203,41 @@ def test_bad_runs_are_refused(cog_runs: dict[str, Any], tmp_path: Path) -> None:
         finetune(FinetuneConfig(resume=first))
 
 
+def test_fine_tuning_keeps_the_members_reward_definition(
+    cog_runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Members trained with reward_scale 100 and success_terminal get the same TD targets online: the agent sees
+    rewards in {0, 100}, terminal where rewarded; members that disagree are refused unless the flags choose."""
+    shaped = []
+    for seed, run in enumerate(cog_runs["runs"]):
+        copy = tmp_path / f"shaped{seed}"
+        shutil.copytree(run, copy)
+        record = json.loads((copy / "run.json").read_text())
+        record["config"].update(reward_scale=100.0, success_terminal=True)
+        (copy / "run.json").write_text(json.dumps(record))
+        shaped.append(copy)
+    with pytest.raises(TrainingError, match="different reward_scale"):
+        finetune(config((shaped[0], cog_runs["runs"][1]), tmp_path / "mixed"))
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    update = PessimisticEnsemble.update
+
+    def recording(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        seen.append((batch.reward.clone(), batch.terminated.clone()))
+        return update(self, batch)
+
+    monkeypatch.setattr(PessimisticEnsemble, "update", recording)
+    run = finetune(config(tuple(shaped), tmp_path / "ft"))
+    recorded = json.loads((run / "run.json").read_text())["config"]
+    assert recorded["reward_scale"] == 100.0 and recorded["success_terminal"] is True
+    rewards = torch.cat([r for r, _ in seen])
+    terminated = torch.cat([t for _, t in seen]).bool()
+    assert set(rewards.unique().tolist()) == {0.0, 100.0}
+    assert bool(terminated[rewards > 0].all())
+    seen.clear()
+    finetune(config(tuple(shaped), tmp_path / "override", reward_scale=1.0, success_terminal=False))
+    assert set(torch.cat([r for r, _ in seen]).unique().tolist()) == {0.0, 1.0}
+
+
 # -- the agent ---------------------------------------------------------------------------------------------------------
 def test_the_joined_ensemble_moves_every_member_and_starts_from_the_members(cog_runs: dict[str, Any]) -> None:
     runs = cog_runs["runs"]

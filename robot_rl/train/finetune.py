@@ -111,6 +111,11 @@ class FinetuneConfig:
     """Updates per online step after that (the update-to-data ratio; the authors' 1000 per 1000 steps)."""
     batch_size: int = 256
     """RL batch size."""
+    reward_scale: float | None = None
+    """Rewards times this in the TD targets; None: the members' own (`robot-rl train --reward-scale`), which must
+    agree. Fine-tuning with another scale than the critics learnt would move every Q-value at once."""
+    success_terminal: bool | None = None
+    """Rewarded transitions end the bootstrap (see `OfflineConfig.success_terminal`); None: the members' own."""
     log_every: int = 1000
     """Online steps between metric rows."""
     eval_every: int = 10_000
@@ -149,6 +154,8 @@ class FinetuneConfig:
         bad = [f"{k}={v}" for k, v in positive.items() if v < 1]
         bad += [f"{k}={v}" for k, v in (("burst_updates", self.burst_updates), ("updates_per_step",
                 self.updates_per_step), ("eval_every", self.eval_every)) if v < 0]  # fmt: skip
+        if self.reward_scale is not None and not (math.isfinite(self.reward_scale) and self.reward_scale > 0):
+            bad.append(f"reward_scale={self.reward_scale}")
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             bad.append(f"max_episode_steps={self.max_episode_steps}")
         if bad:
@@ -208,6 +215,22 @@ def check_runs(runs: Sequence[Path]) -> list[OfflineConfig]:
                 f"{_datasets(cfg)}; an ensemble's members must share their offline data"
             )
     return configs
+
+
+def reward_shaping(cfg: FinetuneConfig, configs: Sequence[OfflineConfig]) -> tuple[float, bool]:
+    """(reward_scale, success_terminal) of the fine-tuning: `cfg`'s where set, else the members' (TrainingError if
+    they differ, since one TD target cannot serve critics trained on different reward definitions)."""
+
+    def resolve(name: str, given: Any) -> Any:
+        if given is not None:
+            return given
+        values = {getattr(c, name) for c in configs}
+        if len(values) > 1:
+            raise TrainingError(f"the runs were trained with different {name} ({sorted(values)}); pass {name}= to "
+                                "choose the one fine-tuning uses")  # fmt: skip
+        return values.pop()
+
+    return float(resolve("reward_scale", cfg.reward_scale)), bool(resolve("success_terminal", cfg.success_terminal))
 
 
 def load_agents(
@@ -503,6 +526,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
             raise TrainingError(f"{resume}: no checkpoint yet; start the run again without resume")
     all_configs = check_runs(cfg.runs)  # every given run is checked, also those ensemble=False leaves out
     runs = cfg.runs if cfg.ensemble else cfg.runs[:1]
+    reward_scale, success_terminal = reward_shaping(cfg, all_configs[: len(runs)])
+    cfg = dataclasses.replace(cfg, reward_scale=reward_scale, success_terminal=success_terminal)  # recorded resolved
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
@@ -573,7 +598,10 @@ def finetune(cfg: FinetuneConfig) -> Path:
             offline_ratios = ratio.ratio(*off).cpu().numpy()  # (B_off,) the normaliser of the priorities
         drawn = draw_rl_batch(cfg.replay, rng, cfg.batch_size, offline_data, online, sampler)
         _check_batch(drawn.batch, counters["updates"])
-        batch = to_torch(drawn.batch, device, use_privileged=True)
+        shaped = drawn.batch
+        if success_terminal or reward_scale != 1.0:
+            shaped = offline.shape_rewards(shaped, reward_scale, success_terminal)
+        batch = to_torch(shaped, device, use_privileged=True)
         metrics.update(agent.update(batch))
         if sampler is not None and drawn.tree_indices is not None and offline_ratios is not None:
             w = ratio.ratio(features(batch.obs.state), batch.action).cpu().numpy()  # (B,)
