@@ -110,6 +110,19 @@ def test_a_resumed_run_continues_exactly(
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
 
 
+def test_evaluating_leaves_training_as_it_would_be_without(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """Evaluations (which build policies) in the middle of training do not move training's random draws: the losses
+    equal a run that evaluates only at the end, so a resume from the checkpoint taken before an evaluation is exact."""
+    quiet = train_offline(config(datasets, tmp_path / "quiet", eval_videos=0))
+    busy = train_offline(config(datasets, tmp_path / "busy", eval_every=5, eval_videos=0))
+
+    def losses(run: Path) -> list[float]:
+        return [r["critic/td_loss"] for r in read_metrics(run / "metrics.jsonl") if "critic/td_loss" in r]
+
+    assert len([r for r in read_metrics(busy / "metrics.jsonl") if "eval/success" in r]) == 4
+    assert losses(busy) == pytest.approx(losses(quiet), rel=1e-6)
+
+
 def test_nan_in_a_batch_stops_training_and_keeps_the_last_good_checkpoint(
     datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -626,8 +626,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
     def evaluate_now() -> dict[str, float]:
         # The deployable policy (all N actors, acting with their moment-matched Gaussian), then its evaluation.
         info_record = {"online_steps": counters["online_steps"], "runs": [str(r) for r in cfg.runs]}
-        export_policy(agent, spec, use_privileged=True, info=info_record).save(run / "policy")
-        result = evaluate(EnsembleActingPolicy(agent, deterministic=True), eval_cfg)
+        with torch.random.fork_rng(devices=[]):  # exporting builds modules: training's draws stay as they were
+            export_policy(agent, spec, use_privileged=True, info=info_record).save(run / "policy")
+            result = evaluate(EnsembleActingPolicy(agent, deterministic=True), eval_cfg)
         return {**result.summary(), "online_steps": float(counters["online_steps"])}
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb

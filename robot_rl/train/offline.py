@@ -231,9 +231,13 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         save_learner(checkpoint, agent, {"rng": rng, "step": step, "augment_generator": generator})
 
     def evaluate_now(step: int) -> dict[str, float]:
-        policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
-        folder = policy.save(run / "policy")
-        result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
+        # Building the exported and loaded policies draws from torch's global generator; forking it keeps training
+        # the same whatever the evaluation schedule, and a resume from the checkpoint taken before it exact.
+        with torch.random.fork_rng(devices=[]):
+            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+            folder = policy.save(run / "policy")
+            load = functools.partial(Policy.load, folder)
+            result = evaluate_parallel(load, eval_cfg, run / "videos" / f"step{step}")
         return result.summary()
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
