@@ -21,6 +21,7 @@ from robot_rl.algos.density_ratio import DensityRatioConfig
 from robot_rl.algos.ensemble import agent_min_q
 from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig, ensemble_critic_loss
 from robot_rl.data.replay import Batch, Observation
+from robot_rl.networks import ConvConfig
 from robot_rl.replay.online import OnlineStore
 from robot_rl.train import finetune as finetune_module
 from robot_rl.train.finetune import FinetuneConfig, check_runs, finetune, load_agents
@@ -190,7 +191,7 @@ def test_bad_runs_are_refused(cog_runs: dict[str, Any], tmp_path: Path) -> None:
     cases = [
         ((first, tmp_path), "not an offline run folder"),
         ((first, edited("bc", algo="bc")), "a 'bc' run; fine-tuning needs CQL critics"),
-        ((first, edited("image", observation="image")), "state-mode runs only"),
+        ((first, edited("image", observation="image")), "must see the same observations"),
         ((first, edited("other_data", prior=cog_runs["task"])), "trained on different datasets"),
         ((first, first), "more than once"),
         ((), "no offline runs"),
@@ -454,3 +455,84 @@ def test_a_fine_tuning_run_leaves_its_ensemble_policy(cog_runs: dict[str, Any], 
     run = finetune(config(cog_runs["runs"], tmp_path / "ft", online_steps=10, first_batch=10, eval_every=10))
     policy = Policy.load(run / "policy")
     assert policy.spec.members == 2 and policy.info["online_steps"] == 10
+
+
+# -- image runs ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def image_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
+    """Two COG runs of 6 steps on 24x24 images of the closed drawer (3 task and 3 prior episodes)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("finetune_image")
+    data = {}
+    for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
+        recipe = load_recipe(RECIPES / f"{file}.yaml")
+        recipe = dataclasses.replace(
+            recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs={"image_size": 24}
+        )
+        data[key] = collect(recipe, "smoke", root / "datasets", workers=1, progress=False).folder
+    runs = []
+    for seed in (0, 1):
+        cfg = OfflineConfig(task=data["task"], prior=data["prior"], observation="image", steps=6, batch_size=8,
+                            eval_every=0, eval_episodes=1, eval_workers=1, eval_videos=0, checkpoint_every=6,
+                            log_every=3, threads=1, progress=False, seed=seed, out=root / f"cog{seed}",
+                            cql=CQLConfig(hidden=HIDDEN, conv=ConvConfig(channels=(4, 4, 4))))  # fmt: skip
+        runs.append(train_offline(cfg))
+    return tuple(runs)
+
+
+def test_image_runs_fine_tune_on_images_and_resume_exactly(
+    image_runs: tuple[Path, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image members: the online store keeps the camera frames, the density ratio trains on the first critic's
+    features, the deployable policy acts on images, and a resume continues as the uninterrupted run."""
+    from robot_rl.policy import Policy
+
+    def image_config(out: Path) -> FinetuneConfig:
+        ratio = DensityRatioConfig(hidden=HIDDEN, online_batch_size=8, offline_batch_size=8)
+        return config(image_runs, out, batch_size=8, eval_every=30, density_ratio=ratio)
+
+    ratio_inputs: list[int] = []
+    update = finetune_module.DensityRatio.update
+
+    def recording(self: Any, *args: Any) -> dict[str, float]:
+        ratio_inputs.append(args[0].shape[1])
+        return update(self, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(finetune_module.DensityRatio, "update", recording)
+    whole = finetune(image_config(tmp_path / "whole"))
+    members, _ = load_agents(image_runs, check_runs(image_runs), torch.device("cpu"))
+    assert set(ratio_inputs) == {members[0].q.encoder.output_dim}  # critic features, not the 8-wide state
+    online = saved_online(whole)
+    assert online["images"].shape[1:] == (24, 24, 3) and online["images"].dtype == np.uint8
+    assert len(online["images"]) == 30 + 3 and online["images"].std() > 0  # 3 episodes of 10 steps, 11 frames each
+    assert "privileged" not in online
+    rows = read_metrics(whole / "metrics.jsonl")
+    assert [r["eval/episodes"] for r in rows if "eval/episodes" in r] == [1.0, 1.0]  # step 0 and the end
+    policy = Policy.load(whole / "policy")
+    assert policy.spec.members == 2 and policy.spec.image_shape is not None
+    action = policy.act({"image": online["images"][0], "state": online["states"][0]})
+    assert action.shape == (members[0].actor.action_dim,) and np.all(np.abs(action) <= 1)
+
+    original = PessimisticEnsemble.update
+    calls = {"n": 0}
+
+    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] > 3 + 14:  # crash at online step 25, after the checkpoint of step 20
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(image_config(cut))
+    monkeypatch.setattr(PessimisticEnsemble, "update", original)
+    finetune(FinetuneConfig(resume=cut))
+
+    def losses(run: Path) -> dict[float, float]:
+        return {
+            r["online_steps"]: r["critic/td_loss"] for r in read_metrics(run / "metrics.jsonl") if "critic/td_loss" in r
+        }
+
+    assert losses(cut)[30.0] == pytest.approx(losses(whole)[30.0], rel=1e-5)
+    np.testing.assert_array_equal(saved_online(cut)["images"], online["images"])

@@ -12,7 +12,8 @@ with `updates_per_step=1` is the same ratio, interleaved):
     after `first_batch` steps: `burst_updates` updates once (the authors' first epoch: 10x), then `updates_per_step`
     each update (balanced replay):
         density ratio: one step on 256 online (s, a) against 256 offline (s, a), both uniform; features are the
-                       standardised state (the agents' own standardisation), never the raw state
+                       standardised state (the agents' own standardisation), never the raw state, or with image
+                       runs the first critic's detached features of (image, proprioception)
         RL batch:      drawn from one sum tree over offline + online transitions by priority (`DensityRatioSampler`)
         agent:         one SAC step of the ensemble (`PessimisticEnsemble.update`)
         priorities:    the batch's transitions get clip(w^(1/T) / mean_offline-batch w^(1/T)), w from the updated
@@ -30,8 +31,9 @@ without pickle), and is written when an episode ends, so that resuming (`resume=
 uninterrupted run would: the next episode's reset seed is a function of (seed, episode number) and every random
 generator is restored. A crash loses the steps since the last checkpoint, and nothing saved.
 
-State observations only for now (`observation="state"` runs): with images, the density ratio would need the critic's
-image features (DESIGN.md, Learning) and the online store would hold frames; neither is wired here yet.
+Image runs (`observation="image"`) fine-tune the same way: the online store keeps each frame's uint8 image once, the
+RL batches are shifted as the members trained (their `augment_pad`, shifts from torch's generator, which checkpoints
+restore), and the density ratio sees the first critic's features (DESIGN.md, Learning).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robot_rl.algos.batch import to_torch
+from robot_rl.algos.batch import TorchObs, to_torch
 from robot_rl.algos.cql import CQL
 from robot_rl.algos.density_ratio import DensityRatio, DensityRatioConfig
 from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig
@@ -91,8 +93,9 @@ class FinetuneConfig:
     """Online fine-tuning of offline runs: balanced replay and a pessimistic Q-ensemble (Lee et al. 2021)."""
 
     runs: tuple[Path, ...] = ()
-    """Offline run folders (robot-rl train; cog, cql or sac, state observations), one per ensemble member, all trained
-    on the same datasets; each one's checkpoints/latest is loaded. Required unless resuming."""
+    """Offline run folders (robot-rl train; cog, cql or sac; state or image observations), one per ensemble member,
+    all trained on the same datasets and observations; each one's checkpoints/latest is loaded. Required unless
+    resuming."""
     replay: Literal["balanced", "uniform", "online_only"] = "balanced"
     """balanced: density-ratio priorities over offline + online data; uniform: offline + online pooled; online_only."""
     ensemble: bool = True
@@ -164,8 +167,8 @@ class FinetuneConfig:
 
 # -- the offline runs ------------------------------------------------------------------------------------------------
 def run_config(run: Path) -> OfflineConfig:
-    """The config an offline run trained with, refused (TrainingError) unless it is a state-mode CQL-family run with
-    a checkpoint to load."""
+    """The config an offline run trained with, refused (TrainingError) unless it is a CQL-family run with a checkpoint
+    to load."""
     path = run / "run.json"
     try:
         record = json.loads(path.read_text())
@@ -182,11 +185,6 @@ def run_config(run: Path) -> OfflineConfig:
         raise TrainingError(
             f"{run}: a {cfg.algo!r} run; fine-tuning needs CQL critics and a SAC actor ({', '.join(FINETUNABLE)})"
         )
-    if cfg.observation != "state":
-        raise TrainingError(
-            f"{run}: trained on {cfg.observation!r} observations; fine-tuning supports state-mode runs only for now "
-            "(observation='state'): image runs need the density ratio on the critic's image features, not wired yet"
-        )
     if not (run / "checkpoints" / "latest").is_dir():
         raise TrainingError(f"{run}: no checkpoint (checkpoints/latest) to fine-tune from")
     return cfg
@@ -199,7 +197,8 @@ def _datasets(cfg: OfflineConfig) -> tuple[Path | None, Path | None]:
 
 
 def check_runs(runs: Sequence[Path]) -> list[OfflineConfig]:
-    """Every run's config (see `run_config`); TrainingError unless all trained on the same datasets."""
+    """Every run's config (see `run_config`); TrainingError unless all trained on the same datasets and
+    observations."""
     if not runs:
         raise TrainingError("no offline runs given (runs=RUN ...)")
     resolved = [run.resolve() for run in runs]
@@ -209,6 +208,11 @@ def check_runs(runs: Sequence[Path]) -> list[OfflineConfig]:
     configs = [run_config(run) for run in runs]
     first = _datasets(configs[0])
     for run, cfg in zip(runs[1:], configs[1:], strict=True):
+        if cfg.observation != configs[0].observation:
+            raise TrainingError(
+                f"{runs[0]} was trained on {configs[0].observation!r} observations, {run} on {cfg.observation!r}; "
+                "an ensemble's members must see the same observations"
+            )
         if _datasets(cfg) != first:
             raise TrainingError(
                 f"the runs were trained on different datasets: {runs[0]} on (task, prior) = {first}, {run} on "
@@ -261,14 +265,20 @@ def policy_state(observation: Mapping[str, NDArray[Any]]) -> NDArray[np.float32]
 
 class EnsembleActingPolicy:
     """The ensemble's moment-matched policy behind the evaluator's `ActingPolicy` interface (one observation in,
-    one action out). Deterministic: tanh of the matched mean; otherwise one sample (torch's global generator)."""
+    one action out). Deterministic: tanh of the matched mean; otherwise one sample (torch's global generator).
+    `image`: the agents see the camera image and the proprioceptive state; else the state with the privileged part."""
 
-    def __init__(self, agent: PessimisticEnsemble, deterministic: bool = True) -> None:
-        self.agent, self.deterministic = agent, deterministic
+    def __init__(self, agent: PessimisticEnsemble, deterministic: bool = True, image: bool = False) -> None:
+        self.agent, self.deterministic, self.image = agent, deterministic, image
 
     def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
-        action: NDArray[np.float32] = self.agent.act(policy_state(observation)[None], None, self.deterministic)[0]
-        return action
+        if self.image:
+            state = observation["state"].astype(np.float32, copy=False)[None]  # (1, S)
+            action = self.agent.act(state, observation["image"][None], self.deterministic)  # image (1, H, W, 3)
+        else:
+            action = self.agent.act(policy_state(observation)[None], None, self.deterministic)
+        out: NDArray[np.float32] = action[0]
+        return out
 
 
 def episode_seed(seed: int, episode: int) -> int:
@@ -543,12 +553,17 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
     info = offline_data.info
     spec = info.env_spec
+    image = all_configs[0].observation == "image"  # else state mode: proprioception + privileged state
+    pad = all_configs[0].augment_pad if image else 0  # the members' image augmentation, kept online
     state_dim, action_dim = len(spec["state_names"]), len(spec["action_names"])
     privileged_dim = len(spec["privileged_names"] or ())
     state_mean = agent.actor.encoder.state_mean  # (S + P,): the agents' standardisation, shared by all members
     state_std = agent.actor.encoder.state_std
-    ratio = DensityRatio(cfg.density_ratio, state_dim + privileged_dim, action_dim, device)
-    online = OnlineStore(state_dim, action_dim, privileged_dim, None, capacity=cfg.online_steps)
+    ratio_dim = agent.q.encoder.output_dim if image else state_dim + privileged_dim
+    ratio = DensityRatio(cfg.density_ratio, ratio_dim, action_dim, device)
+    image_shape = None if info.image_shape is None or not image else tuple(info.image_shape)
+    online = OnlineStore(state_dim, action_dim, None if image else privileged_dim, image_shape,  # type: ignore[arg-type]
+                         capacity=cfg.online_steps)  # fmt: skip
     sampler = None
     if cfg.replay == "balanced":
         sampler = DensityRatioSampler(len(offline_data), cfg.balanced, online_capacity=cfg.online_steps)
@@ -569,24 +584,27 @@ def finetune(cfg: FinetuneConfig) -> Path:
             )
 
     condition = cfg.initial_condition or offline.EVAL_CONDITION.get(str(info.recipe.get("task")), "closed")
-    env_kwargs: dict[str, Any] = {**info.env_kwargs, "include_image": False, "privileged_state": True}
+    env_kwargs: dict[str, Any] = {**info.env_kwargs, "include_image": image, "privileged_state": not image}
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps
     eval_cfg = EvalConfig(
         env_id=info.env_id, env_kwargs=env_kwargs, initial_condition=condition, episodes=cfg.eval_episodes, videos=0
     )
     env = gym.make(f"{eval_cfg.env_module}:{info.env_id}", **env_kwargs)
-    explore = EnsembleActingPolicy(agent, deterministic=False)
+    explore = EnsembleActingPolicy(agent, deterministic=False, image=image)
 
-    def features(state: Tensor) -> Tensor:
-        """The density ratio's input: the standardised state (B, S + P)."""
-        return (state - state_mean) / state_std
+    def features(obs: TorchObs) -> Tensor:
+        """The density ratio's input: in state mode the standardised state (B, S + P); in image mode the first
+        critic's features of (image, state) (B, F), detached. (The members' feature spaces are not aligned, so
+        they are not averaged; one critic's is a fixed-width summary of the image that fine-tuning keeps useful.)"""
+        if image:
+            with torch.no_grad():
+                return agent.q.encode(obs.image, obs.state)[0]  # (B, F) of critic 0
+        return (obs.state - state_mean) / state_std
 
     def numpy_features(batch: Batch) -> tuple[Tensor, Tensor]:
-        if batch.obs.privileged is None:
-            raise TrainingError("the batch has no privileged state, needed in state mode")
-        state = np.concatenate([batch.obs.state, batch.obs.privileged], axis=1)  # (B, S + P)
-        return features(torch.from_numpy(state).to(device)), torch.from_numpy(batch.action).to(device)
+        moved = to_torch(batch, device, use_privileged=not image)
+        return features(moved.obs), moved.action
 
     def update_once() -> tuple[dict[str, float], float]:
         metrics: dict[str, float] = {}
@@ -601,10 +619,10 @@ def finetune(cfg: FinetuneConfig) -> Path:
         shaped = drawn.batch
         if success_terminal or reward_scale != 1.0:
             shaped = offline.shape_rewards(shaped, reward_scale, success_terminal)
-        batch = to_torch(shaped, device, use_privileged=True)
+        batch = to_torch(shaped, device, pad, None, use_privileged=not image)  # shifts drawn from torch's generator
         metrics.update(agent.update(batch))
         if sampler is not None and drawn.tree_indices is not None and offline_ratios is not None:
-            w = ratio.ratio(features(batch.obs.state), batch.action).cpu().numpy()  # (B,)
+            w = ratio.ratio(features(batch.obs), batch.action).cpu().numpy()  # (B,)
             priorities = sampler.update_priorities(drawn.tree_indices, w, offline_ratios)
             metrics["balanced/priority_mean"] = float(priorities.mean())
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
@@ -627,8 +645,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         # The deployable policy (all N actors, acting with their moment-matched Gaussian), then its evaluation.
         info_record = {"online_steps": counters["online_steps"], "runs": [str(r) for r in cfg.runs]}
         with torch.random.fork_rng(devices=[]):  # exporting builds modules: training's draws stay as they were
-            export_policy(agent, spec, use_privileged=True, info=info_record).save(run / "policy")
-            result = evaluate(EnsembleActingPolicy(agent, deterministic=True), eval_cfg)
+            export_policy(agent, spec, use_privileged=not image, info=info_record).save(run / "policy")
+            result = evaluate(EnsembleActingPolicy(agent, deterministic=True, image=image), eval_cfg)
         return {**result.summary(), "online_steps": float(counters["online_steps"])}
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
