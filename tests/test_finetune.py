@@ -33,27 +33,32 @@ RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 HIDDEN = (16, 16)
 
 
-@pytest.fixture(scope="module")
-def cog_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Task and prior datasets of the closed drawer (3 episodes each, no images) and two COG runs of 10 steps on
-    them (seeds 0 and 1)."""
+def closed_drawer_cog_runs(root: Path, observation: str, steps: int, batch_size: int) -> dict[str, Any]:
+    """Task and prior datasets of the closed drawer (3 episodes each; 24x24 images in image mode, none in state mode)
+    and two COG runs of `steps` steps on them (seeds 0 and 1)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("finetune")
+    image = observation == "image"
+    env_kwargs = {"image_size": 24} if image else {"include_image": False}
     data = {}
     for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
         recipe = load_recipe(RECIPES / f"{file}.yaml")
-        recipe = dataclasses.replace(
-            recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs={"include_image": False}
-        )
+        recipe = dataclasses.replace(recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs=env_kwargs)
         data[key] = collect(recipe, "smoke", root / "datasets", workers=1, progress=False).folder
+    cql = CQLConfig(hidden=HIDDEN, conv=ConvConfig(channels=(4, 4, 4))) if image else CQLConfig(hidden=HIDDEN)
     runs = []
     for seed in (0, 1):
-        cfg = OfflineConfig(task=data["task"], prior=data["prior"], observation="state", steps=10, batch_size=16,
-                            eval_every=0, eval_episodes=1, eval_workers=1, eval_videos=0, checkpoint_every=10,
-                            log_every=5, threads=1, progress=False, seed=seed, out=root / f"cog{seed}",
-                            cql=CQLConfig(hidden=HIDDEN))  # fmt: skip
+        cfg = OfflineConfig(task=data["task"], prior=data["prior"], observation=observation,  # type: ignore[arg-type]
+                            steps=steps, batch_size=batch_size, eval_every=0, eval_episodes=1, eval_workers=1,
+                            eval_videos=0, checkpoint_every=steps, log_every=steps // 2, threads=1, progress=False,
+                            seed=seed, out=root / f"cog{seed}", cql=cql)  # fmt: skip
         runs.append(train_offline(cfg))
     return {"runs": tuple(runs), **data}
+
+
+@pytest.fixture(scope="module")
+def cog_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """State-mode COG runs of 10 steps (see `closed_drawer_cog_runs`)."""
+    return closed_drawer_cog_runs(tmp_path_factory.mktemp("finetune"), "state", steps=10, batch_size=16)
 
 
 def config(runs: tuple[Path, ...], out: Path, **changes: Any) -> FinetuneConfig:
@@ -460,24 +465,9 @@ def test_a_fine_tuning_run_leaves_its_ensemble_policy(cog_runs: dict[str, Any], 
 # -- image runs ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def image_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ...]:
-    """Two COG runs of 6 steps on 24x24 images of the closed drawer (3 task and 3 prior episodes)."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("finetune_image")
-    data = {}
-    for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
-        recipe = load_recipe(RECIPES / f"{file}.yaml")
-        recipe = dataclasses.replace(
-            recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs={"image_size": 24}
-        )
-        data[key] = collect(recipe, "smoke", root / "datasets", workers=1, progress=False).folder
-    runs = []
-    for seed in (0, 1):
-        cfg = OfflineConfig(task=data["task"], prior=data["prior"], observation="image", steps=6, batch_size=8,
-                            eval_every=0, eval_episodes=1, eval_workers=1, eval_videos=0, checkpoint_every=6,
-                            log_every=3, threads=1, progress=False, seed=seed, out=root / f"cog{seed}",
-                            cql=CQLConfig(hidden=HIDDEN, conv=ConvConfig(channels=(4, 4, 4))))  # fmt: skip
-        runs.append(train_offline(cfg))
-    return tuple(runs)
+    """Image-mode COG runs of 6 steps on 24x24 images (see `closed_drawer_cog_runs`)."""
+    runs: tuple[Path, ...] = closed_drawer_cog_runs(tmp_path_factory.mktemp("finetune_image"), "image", 6, 8)["runs"]
+    return runs
 
 
 def test_image_runs_fine_tune_on_images_and_resume_exactly(

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from robot_rl.data.replay import Batch
+from robot_rl.data.replay import Batch, Observation
 
 
 class TorchObs(NamedTuple):
@@ -56,8 +56,15 @@ def _image(images: np.ndarray | None, device: torch.device) -> Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _observation(images: np.ndarray | None, state: np.ndarray, device: torch.device) -> TorchObs:
-    return TorchObs(_image(images, device), torch.from_numpy(state).to(device))
+def observation_to_torch(obs: Observation, device: torch.device, use_privileged: bool = False) -> TorchObs:
+    """One side of a batch (its observations) on `device`; `use_privileged` appends the privileged state to the
+    proprioceptive state (state-mode experiments)."""
+    state = obs.state
+    if use_privileged:
+        if obs.privileged is None:
+            raise ValueError("use_privileged is set but the batch has no privileged state")
+        state = np.concatenate([state, obs.privileged], axis=1)
+    return TorchObs(_image(obs.image, device), torch.from_numpy(state).to(device))
 
 
 def to_torch(
@@ -71,17 +78,8 @@ def to_torch(
 
     `use_privileged` appends the privileged state to the proprioceptive state (state-mode experiments).
     """
-
-    def state_of(obs: object) -> np.ndarray:
-        state, privileged = obs.state, obs.privileged  # type: ignore[attr-defined]
-        if use_privileged:
-            if privileged is None:
-                raise ValueError("use_privileged is set but the batch has no privileged state")
-            return np.concatenate([state, privileged], axis=1)
-        return state  # type: ignore[no-any-return]
-
-    obs = _observation(batch.obs.image, state_of(batch.obs), device)
-    next_obs = _observation(batch.next_obs.image, state_of(batch.next_obs), device)
+    obs = observation_to_torch(batch.obs, device, use_privileged)
+    next_obs = observation_to_torch(batch.next_obs, device, use_privileged)
     if augment_pad > 0 and obs.image is not None and next_obs.image is not None:
         obs = obs._replace(image=random_shift(obs.image, augment_pad, generator))
         next_obs = next_obs._replace(image=random_shift(next_obs.image, augment_pad, generator))

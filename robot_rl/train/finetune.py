@@ -56,7 +56,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robot_rl.algos.batch import TorchObs, to_torch
+from robot_rl.algos.batch import TorchObs, observation_to_torch, to_torch
 from robot_rl.algos.cql import CQL
 from robot_rl.algos.density_ratio import DensityRatio, DensityRatioConfig
 from robot_rl.algos.pessimistic import PessimisticEnsemble, PessimisticEnsembleConfig
@@ -603,8 +603,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
         return (obs.state - state_mean) / state_std
 
     def numpy_features(batch: Batch) -> tuple[Tensor, Tensor]:
-        moved = to_torch(batch, device, use_privileged=not image)
-        return features(moved.obs), moved.action
+        obs = observation_to_torch(batch.obs, device, use_privileged=not image)  # s only: s' is not needed here
+        return features(obs), torch.from_numpy(batch.action).to(device)
 
     def update_once() -> tuple[dict[str, float], float]:
         metrics: dict[str, float] = {}
