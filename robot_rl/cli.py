@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -187,7 +187,15 @@ def train(cfg: OfflineConfig) -> Path:
     if cfg.resume is not None:
         record = json.loads((cfg.resume / "run.json").read_text())
         resumed = config_from_dict(OfflineConfig, record["config"], f"{cfg.resume}/run.json: config")
+        if cfg.extend_to is not None:
+            if cfg.extend_to <= resumed.steps:
+                raise SystemExit(
+                    f"robot-rl train: --extend-to {cfg.extend_to} must exceed the run's budget of {resumed.steps} steps"
+                )
+            resumed = replace(resumed, steps=cfg.extend_to, out=cfg.resume)
         run = train_offline(resumed, resume=cfg.resume)
+    elif cfg.extend_to is not None:
+        raise SystemExit("robot-rl train: --extend-to continues a run; give it with --resume RUN")
     elif cfg.task is None:
         raise SystemExit("robot-rl train: give --task DATASET (and --prior DATASET for cog/sac), or --resume RUN")
     else:

@@ -168,8 +168,9 @@ def cell_status(cell: Cell) -> str:
     if not (run / "run.json").exists():
         return "new"
     try:
-        recorded = json.loads((run / "run.json").read_text())["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        # Through the config class and back: a field added since the run started reads as its default.
+        recorded = _jsonable(config_from_dict(OfflineConfig, json.loads((run / "run.json").read_text())["config"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ExperimentError(
             f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
         ) from e

@@ -141,6 +141,11 @@ def test_grid_runs_resumes_and_reports(datasets: dict[str, Path], tmp_path: Path
 
     again = run_experiment(exp)  # nothing left to do
     assert [r["status"] for r in again] == ["done"] * 4
+    # A run recorded before a config field existed (here: extend_to) reads as that field's default, not as changed.
+    record = json.loads((run / "run.json").read_text())
+    del record["config"]["extend_to"]
+    (run / "run.json").write_text(json.dumps(record))
+    assert cell_status(first) == "done"
 
     report = write_report([out], out / "report")
     runs = find_runs([out])

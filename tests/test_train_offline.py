@@ -233,3 +233,27 @@ def test_training_with_success_terminal_feeds_shaped_batches(
     assert bool((terminated[rewards > 0] == 1).all())
     with pytest.raises(TrainingError, match="reward_scale"):
         train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))
+
+
+def test_extending_a_finished_run_gives_the_longer_run(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """`robot-rl train --resume RUN --extend-to N` trains a finished run on to N steps, as if N had been its budget,
+    and records the new budget; a budget that does not grow, or --extend-to without --resume, is refused."""
+    from robot_rl.cli import main
+
+    longer = train_offline(config(datasets, tmp_path / "longer", steps=20))
+    short = train_offline(config(datasets, tmp_path / "short", steps=10))
+    with pytest.raises(SystemExit, match="must exceed the run's budget of 10 steps"):
+        main(["train", "--resume", str(short), "--extend-to", "10"])
+    with pytest.raises(SystemExit, match="with --resume"):
+        main(["train", "--extend-to", "30"])
+    main(["train", "--resume", str(short), "--extend-to", "20", "--no-progress"])
+
+    def losses(run: Path) -> dict[int, float]:
+        return {r["step"]: r["critic/td_loss"] for r in read_metrics(run / "metrics.jsonl") if "critic/td_loss" in r}
+
+    expected, extended = losses(longer), losses(short)
+    assert sorted(extended) == sorted(expected) == [5, 10, 15, 20]
+    for step in (15, 20):
+        assert extended[step] == pytest.approx(expected[step], rel=1e-5), step
+    recorded = json.loads((short / "run.json").read_text())["config"]
+    assert recorded["steps"] == 20 and recorded["extend_to"] is None

@@ -109,7 +109,11 @@ class OfflineConfig:
     bc: BCConfig = field(default_factory=BCConfig)
     resume: Path | None = None
     """Continue this run folder from its last checkpoint, with the config recorded in its run.json (other flags
-    are ignored)."""
+    are ignored but `extend_to`)."""
+    extend_to: int | None = None
+    """With `resume`: train on to this many gradient steps, more than the run's recorded `steps` (a finished run
+    continues; nothing in training depends on the budget, so this is the run that budget would have given). The
+    new budget is recorded in run.json."""
 
 
 def _load(cfg: OfflineConfig) -> tuple[TransitionStore, TransitionStore | None]:
