@@ -15,7 +15,8 @@ An experiment file (YAML) names the datasets of each task, the config of each me
 
 Every run gets OUT/<task>/<method>/seed<k>/ (a normal run folder plus cell.json). Running the same file again
 skips finished runs, resumes interrupted ones from their checkpoint and starts the rest; a run whose recorded
-config differs from what the file now asks for is refused rather than silently mixed. `robot-rl report OUT`
+config differs from what the file now asks for is refused rather than silently mixed, except for a larger `steps`:
+raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does). `robot-rl report OUT`
 turns the folder into tables and plots.
 """
 
@@ -174,9 +175,11 @@ def cell_status(cell: Cell) -> str:
         raise ExperimentError(
             f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
         ) from e
-    if recorded != _jsonable(cell.config):
-        changed = sorted(k for k in set(recorded) | set(_jsonable(cell.config))
-                         if recorded.get(k) != _jsonable(cell.config).get(k))  # fmt: skip
+    wanted = _jsonable(cell.config)
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if changed == ["steps"] and recorded["steps"] < cell.config.steps and (run / "checkpoints" / "latest").exists():
+        return "partial"  # the budget grew: the run trains on from its last checkpoint (training ignores the budget)
+    if changed:
         raise ExperimentError(
             f"{cell.label}: {run} was run with a different config ({', '.join(changed)} differ); move it away or "
             "restore the experiment file"

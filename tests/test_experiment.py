@@ -169,6 +169,30 @@ def test_a_changed_config_is_refused_not_mixed(datasets: dict[str, Path], tmp_pa
         run_experiment(load_experiment(changed))
 
 
+def test_a_larger_budget_continues_finished_runs_and_a_smaller_one_is_refused(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0]))
+    first = dataclasses.replace(exp, cells=exp.cells[:1])
+    run_experiment(first)
+    run = first.cells[0].config.out
+    assert run is not None
+    base = yaml.safe_load((tmp_path / "e.yaml").read_text())["base"]
+    longer = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0], base={**base, "steps": 9}))
+    assert cell_status(longer.cells[0]) == "partial"
+    results = run_experiment(dataclasses.replace(longer, cells=longer.cells[:1]))
+    assert results[0]["status"] == "trained" and results[0]["step"] == 9
+    evaluated = [row["step"] for row in read_metrics(run / "metrics.jsonl") if "eval/success" in row]
+    assert evaluated == [3, 6, 9]  # the 6-step run's evaluations, then the new budget's
+    assert json.loads((run / "run.json").read_text())["config"]["steps"] == 9
+    shorter = load_experiment(
+        write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0], base={**base, "steps": 3})
+    )
+    with pytest.raises(ExperimentError, match=r"different config \(steps differ\)"):
+        cell_status(shorter.cells[0])
+
+
 def test_an_unreadable_run_record_stops_the_grid_before_any_work(datasets: dict[str, Path], tmp_path: Path) -> None:
     exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", seeds=[0]))
     folder = exp.cells[1].config.out
