@@ -16,8 +16,8 @@ An experiment file (YAML) names the datasets of each task, the config of each me
 Every run gets OUT/<task>/<method>/seed<k>/ (a normal run folder plus cell.json). Running the same file again
 skips finished runs, resumes interrupted ones from their checkpoint and starts the rest; a run whose recorded
 config differs from what the file now asks for is refused rather than silently mixed, except for a larger `steps`:
-raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does). `robot-rl report OUT`
-turns the folder into tables and plots.
+raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does).
+`robot-rl report OUT` turns the folder into tables and plots.
 """
 
 from __future__ import annotations
