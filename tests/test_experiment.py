@@ -190,7 +190,7 @@ def test_a_larger_budget_continues_finished_runs_and_a_smaller_one_is_refused(
         write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0], base={**base, "steps": 3})
     )
     with pytest.raises(ExperimentError, match=r"different config \(steps differ\)"):
-        cell_status(load_experiment(shorter).cells[0])
+        cell_status(shorter.cells[0])
 
 
 def test_an_unreadable_run_record_stops_the_grid_before_any_work(datasets: dict[str, Path], tmp_path: Path) -> None:
