@@ -182,6 +182,27 @@ def test_an_interrupted_run_resumes_exactly_with_its_online_data(
     np.testing.assert_array_equal(saved_online(whole)["states"], after["states"])
 
 
+def test_a_checkpoint_follows_the_burst_whatever_the_checkpoint_interval(
+    cog_runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The burst is the costliest stretch of a run (10k updates by default): its result is saved at the next episode
+    end even when `checkpoint_every` is far away, so a crash after it does not redo it."""
+    original = PessimisticEnsemble.update
+    calls = {"n": 0}
+
+    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] > 3 + 12:  # the burst at step 15, then one update per step: a crash at step 27
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(cog_runs["runs"], cut, first_batch=15, checkpoint_every=1000))
+    assert len(saved_online(cut)["actions"]) == 20  # saved at the episode end after the burst, not only at the end
+
+
 def test_bad_runs_are_refused(cog_runs: dict[str, Any], tmp_path: Path) -> None:
     first, second = cog_runs["runs"]
 

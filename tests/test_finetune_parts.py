@@ -51,6 +51,11 @@ def test_js_loss_equals_its_f_divergence_form() -> None:
     assert js_density_ratio_loss(torch.zeros(4), torch.zeros(4))[0].item() == pytest.approx(0.0, abs=1e-7)
     separated, _ = js_density_ratio_loss(torch.full((4,), 30.0), torch.full((4,), -30.0))
     assert -separated.item() == pytest.approx(2 * math.log(2), abs=1e-6)
+    # Far apart (h beyond exp's float32 range, as after many updates on separable batches), every metric stays
+    # finite: a non-finite metric stops fine-tuning.
+    far, far_metrics = js_density_ratio_loss(torch.full((4,), 200.0), torch.full((4,), -200.0))
+    assert math.isfinite(far.item()) and all(math.isfinite(v) for v in far_metrics.values())
+    assert far_metrics["density_ratio/online_log_ratio"] == 200.0
 
 
 def test_density_ratio_learns_the_ratio_of_two_gaussians() -> None:

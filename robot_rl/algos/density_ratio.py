@@ -107,8 +107,10 @@ def js_density_ratio_loss(online_log_ratio: Tensor, offline_log_ratio: Tensor) -
         metrics = {
             "density_ratio/loss": loss.item(),
             "density_ratio/js_bound": -loss.item(),
-            "density_ratio/online_mean": online_log_ratio.exp().mean().item(),
-            "density_ratio/offline_mean": offline_log_ratio.exp().mean().item(),
+            # Means of log w, not of w: once the batches are told apart h grows without bound (the optimum is
+            # log(d_on / d_off)), and the mean of exp(h) overflowed after ~10k updates in a 20k-step run.
+            "density_ratio/online_log_ratio": online_log_ratio.mean().item(),
+            "density_ratio/offline_log_ratio": offline_log_ratio.mean().item(),
             "density_ratio/accuracy": accuracy.item(),
         }
     return loss, metrics

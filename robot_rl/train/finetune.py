@@ -126,7 +126,8 @@ class FinetuneConfig:
     eval_episodes: int = 20
     """Episodes per evaluation (deterministic moment-matched policy, in this process)."""
     checkpoint_every: int = 5000
-    """Online steps between checkpoints; each is taken at the next episode end (and one at the end of the run)."""
+    """Online steps between checkpoints; each is taken at the next episode end (and one after the burst of updates,
+    and one at the end of the run)."""
     seed: int = 0
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
@@ -704,7 +705,11 @@ def finetune(cfg: FinetuneConfig) -> Path:
                     summary = evaluate_now()
                     logger.log(steps, summary)
                     bar.set_postfix_str(f"eval {summary['eval/success']:.2f}")
-                if (done and steps - counters["last_checkpoint"] >= cfg.checkpoint_every) or steps == cfg.online_steps:
+                # Checkpoints: every `checkpoint_every` steps and also right after the burst (its updates are the
+                # costliest stretch of the run), each at an episode end; and at the end of the run.
+                after_burst = counters["last_checkpoint"] < cfg.first_batch <= steps and cfg.burst_updates > 0
+                due = after_burst or steps - counters["last_checkpoint"] >= cfg.checkpoint_every
+                if (done and due) or steps == cfg.online_steps:
                     counters["last_checkpoint"] = steps
                     save_checkpoint(checkpoint, agent, ratio, sampler, online, rng, counters)
                 if done and steps < cfg.online_steps:
