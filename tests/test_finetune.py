@@ -88,6 +88,24 @@ def saved_online(run: Path) -> dict[str, np.ndarray]:
         return {name: npz[name] for name in npz.files}
 
 
+def crash_after(updates: int, cfg: FinetuneConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `cfg` until its update number `updates` + 1, where a KeyboardInterrupt stops it (as a killed process);
+    the ensemble's update is restored afterwards."""
+    original = PessimisticEnsemble.update
+    calls = {"n": 0}
+
+    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] > updates:
+            raise KeyboardInterrupt
+        return original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PessimisticEnsemble, "update", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            finetune(cfg)
+
+
 # -- end to end ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("replay", "ensemble"), [("balanced", True), ("uniform", True), ("online_only", True), ("balanced", False)]
@@ -137,20 +155,8 @@ def test_an_interrupted_run_resumes_exactly_with_its_online_data(
 ) -> None:
     whole = finetune(config(cog_runs["runs"], tmp_path / "whole", first_batch=first_batch))
 
-    original = PessimisticEnsemble.update
-    calls = {"n": 0}
-
-    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] > updates_before_crash:
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(cog_runs["runs"], cut, first_batch=first_batch))
-    monkeypatch.setattr(PessimisticEnsemble, "update", original)
+    crash_after(updates_before_crash, config(cog_runs["runs"], cut, first_batch=first_batch), monkeypatch)
     before = saved_online(cut)
     assert len(before["actions"]) == saved and len(before["episode_starts"]) == saved // 10
 
@@ -187,19 +193,9 @@ def test_a_checkpoint_follows_the_burst_whatever_the_checkpoint_interval(
 ) -> None:
     """The burst is the costliest stretch of a run (10k updates by default): its result is saved at the next episode
     end even when `checkpoint_every` is far away, so a crash after it does not redo it."""
-    original = PessimisticEnsemble.update
-    calls = {"n": 0}
-
-    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] > 3 + 12:  # the burst at step 15, then one update per step: a crash at step 27
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(config(cog_runs["runs"], cut, first_batch=15, checkpoint_every=1000))
+    # The burst (3 updates) at step 15, then one update per step: a crash at step 27.
+    crash_after(3 + 12, config(cog_runs["runs"], cut, first_batch=15, checkpoint_every=1000), monkeypatch)
     assert len(saved_online(cut)["actions"]) == 20  # saved at the episode end after the burst, not only at the end
 
 
@@ -524,20 +520,8 @@ def test_image_runs_fine_tune_on_images_and_resume_exactly(
     action = policy.act({"image": online["images"][0], "state": online["states"][0]})
     assert action.shape == (members[0].actor.action_dim,) and np.all(np.abs(action) <= 1)
 
-    original = PessimisticEnsemble.update
-    calls = {"n": 0}
-
-    def interrupted(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
-        calls["n"] += 1
-        if calls["n"] > 3 + 14:  # crash at online step 25, after the checkpoint of step 20
-            raise KeyboardInterrupt
-        return original(self, batch)
-
-    monkeypatch.setattr(PessimisticEnsemble, "update", interrupted)
     cut = tmp_path / "cut"
-    with pytest.raises(KeyboardInterrupt):
-        finetune(image_config(cut))
-    monkeypatch.setattr(PessimisticEnsemble, "update", original)
+    crash_after(3 + 14, image_config(cut), monkeypatch)  # crash at online step 25, after the checkpoint of step 20
     finetune(FinetuneConfig(resume=cut))
 
     def losses(run: Path) -> dict[float, float]:
