@@ -89,11 +89,18 @@ def _finetune_method(config: dict[str, Any]) -> str:
     )
 
 
-def _finetune_task(config: dict[str, Any]) -> str:
+def _member_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The offline run configuration of a fine-tuning run's first member ({} when its folder is gone)."""
     runs = config.get("runs") or []
     if runs and (Path(runs[0]) / "run.json").exists():
-        return _task_of(json.loads((Path(runs[0]) / "run.json").read_text())["config"])
-    return "unknown"
+        member: dict[str, Any] = json.loads((Path(runs[0]) / "run.json").read_text())["config"]
+        return member
+    return {}
+
+
+def _finetune_task(config: dict[str, Any]) -> str:
+    member = _member_config(config)
+    return _task_of(member) if member else "unknown"
 
 
 def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
@@ -131,7 +138,7 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
                     ever_success=float(last["eval/ever_success"]) if last else None,
                     episodes=int(last.get("eval/episodes", 0)) if last else 0,
                     curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
-                    observation=str(config.get("observation", "")),
+                    observation=str(config.get("observation") or _member_config(config).get("observation", "")),
                     eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
                     kind=str(kind),
                 )

@@ -428,6 +428,7 @@ def test_fine_tuning_runs_are_reported_with_start_drop_and_area(cog_runs: dict[s
     assert sorted(r.method for r in runs) == ["balanced", "uniform"]
     for run in runs:
         assert run.kind == "finetune" and run.finished and run.task == "closed_drawer"
+        assert run.observation == "state"  # the members' observation mode
         assert [step for step, _ in run.curve] == [0, 10, 20, 30]  # before any online step, then every 10
         values = [v for _, v in run.curve]
         assert run.initial == values[0] and run.drop == max(0.0, values[0] - min(values))
