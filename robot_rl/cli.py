@@ -122,7 +122,7 @@ class CollectConfig:
 
     recipe: tyro.conf.Positional[Path]
     """Recipe file, e.g. datasets/recipes/drawer-closed-prior.yaml."""
-    scale: Literal["smoke", "small", "paper"] = "small"
+    scale: Literal["smoke", "small", "medium", "paper"] = "small"
     """How many episodes: the recipe gives a count for each scale."""
     workers: int | None = None
     """Worker processes (default: one per CPU core)."""

@@ -42,7 +42,7 @@ from sim_envs import ENV_IDS
 from sim_envs.env import ManipulationEnv
 from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill
 
-SCALES = ("smoke", "small", "paper")
+SCALES = ("smoke", "small", "medium", "paper")
 KINDS = ("prior", "task")
 
 
@@ -68,7 +68,8 @@ class Recipe:
     scene: str
     mixture: tuple[MixtureEntry, ...]
     episodes: dict[str, int]
-    """Episodes at each scale: smoke (seconds, tests), small (minutes, the demo), paper (COG's scale)."""
+    """Episodes at each scale: smoke (seconds, tests), small (minutes, the demo), medium (5x small), paper (COG's
+    scale)."""
     seed: int = 0
     noise: float = 0.1
     keep_failed: bool = True

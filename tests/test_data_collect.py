@@ -20,14 +20,14 @@ from robot_rl.cli import main
 from robot_rl.data.episodes import DATA_DIR, MAIN_FILE, SHARD_DIR, DatasetError, finished_indices, read_info
 from robot_rl.data.inspect import dataset_stats
 from robot_rl.data.validate import check_compatible, validate_dataset
-from sim_envs.collect import Recipe, _worker, collect, load_recipe
+from sim_envs.collect import SCALES, Recipe, _worker, collect, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "datasets" / "recipes"
 
 
 def tiny(recipe: Recipe, episodes: int) -> Recipe:
-    return dataclasses.replace(recipe, episodes={"smoke": episodes, "small": episodes, "paper": episodes})
+    return dataclasses.replace(recipe, episodes=dict.fromkeys(SCALES, episodes))
 
 
 def dataset_arrays(folder: Path) -> dict[str, np.ndarray | object]:
@@ -101,7 +101,7 @@ def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path
     """SIGINT (Ctrl-C) part-way: finished episodes stay on disk; the same command then completes the dataset."""
     recipe_path = tmp_path / "recipe.yaml"
     raw = yaml.safe_load((RECIPES / "drawer-closed-prior.yaml").read_text())
-    raw["episodes"] = {"smoke": 5, "small": 5, "paper": 5}
+    raw["episodes"] = dict.fromkeys(SCALES, 5)
     recipe_path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "robot_rl", "collect", str(recipe_path), "--scale", "smoke"]
     command += ["--root", str(tmp_path), "--workers", "1", "--no-progress"]

@@ -17,7 +17,7 @@ from robot_rl.report import find_runs, mean_se, write_report
 from robot_rl.runs import write_run_record
 from robot_rl.train.logger import read_metrics
 from robot_rl.train.offline import train_offline
-from sim_envs.collect import collect, load_recipe
+from sim_envs.collect import SCALES, collect, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 
@@ -27,9 +27,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
     out = {}
     for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
-        recipe = dataclasses.replace(
-            load_recipe(RECIPES / f"{file}.yaml"), episodes={"smoke": 3, "small": 3, "paper": 3}
-        )
+        recipe = dataclasses.replace(load_recipe(RECIPES / f"{file}.yaml"), episodes=dict.fromkeys(SCALES, 3))
         out[key] = collect(recipe, "smoke", root, workers=1, progress=False).folder
     return out
 

@@ -27,7 +27,7 @@ from robot_rl.train import finetune as finetune_module
 from robot_rl.train.finetune import FinetuneConfig, check_runs, finetune, load_agents
 from robot_rl.train.logger import read_metrics
 from robot_rl.train.offline import OfflineConfig, TrainingError, train_offline
-from sim_envs.collect import collect, load_recipe
+from sim_envs.collect import SCALES, collect, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 HIDDEN = (16, 16)
@@ -42,7 +42,7 @@ def closed_drawer_cog_runs(root: Path, observation: str, steps: int, batch_size:
     data = {}
     for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior")):
         recipe = load_recipe(RECIPES / f"{file}.yaml")
-        recipe = dataclasses.replace(recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs=env_kwargs)
+        recipe = dataclasses.replace(recipe, episodes=dict.fromkeys(SCALES, 3), env_kwargs=env_kwargs)
         data[key] = collect(recipe, "smoke", root / "datasets", workers=1, progress=False).folder
     cql = CQLConfig(hidden=HIDDEN, conv=ConvConfig(channels=(4, 4, 4))) if image else CQLConfig(hidden=HIDDEN)
     runs = []

@@ -19,7 +19,7 @@ from robot_rl.networks import ConvConfig
 from robot_rl.train import offline
 from robot_rl.train.logger import read_metrics
 from robot_rl.train.offline import OfflineConfig, TrainingError, train_offline
-from sim_envs.collect import collect, load_recipe
+from sim_envs.collect import SCALES, collect, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 TINY_NET = {"hidden": (32, 32), "conv": ConvConfig(channels=(4, 4, 4))}
@@ -31,9 +31,7 @@ def datasets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for key, file in (("task", "drawer-closed-task"), ("prior", "drawer-closed-prior"), ("pick", "pickplace-task")):
         recipe = load_recipe(RECIPES / f"{file}.yaml")
-        recipe = dataclasses.replace(
-            recipe, episodes={"smoke": 3, "small": 3, "paper": 3}, env_kwargs={"image_size": 24}
-        )
+        recipe = dataclasses.replace(recipe, episodes=dict.fromkeys(SCALES, 3), env_kwargs={"image_size": 24})
         out[key] = collect(recipe, "smoke", root, workers=1, progress=False).folder
     return out
 
