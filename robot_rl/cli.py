@@ -266,7 +266,8 @@ class ExperimentCommand:
     dry_run: bool = False
     """Only check the file and say what would run."""
     only: tuple[str, ...] = ()
-    """Run only the cells of these tasks or methods (e.g. `--only closed_drawer`); the others are left as they are."""
+    """Run only these cells: tasks, methods, seeds (`--only closed_drawer cog seed0`: a cell must match every kind
+    named); the others are left as they are."""
 
 
 def experiment(cmd: ExperimentCommand) -> Path:

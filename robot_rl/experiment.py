@@ -213,15 +213,27 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
 
 def select(experiment: Experiment, names: Sequence[str]) -> Experiment:
-    """The experiment restricted to the cells whose task or method is in `names` (all of them if `names` is empty);
-    only the datasets those cells train on are collected. An unknown name is an `ExperimentError`."""
+    """The experiment restricted to the named cells (all of them if `names` is empty). Names are tasks, methods or
+    seeds (`seed1`); within a kind a cell needs any of them, across kinds all: `closed_drawer cog seed0` is one
+    cell. Only the datasets the chosen cells train on are collected. An unknown name is an `ExperimentError`."""
     if not names:
         return experiment
-    known = {c.task for c in experiment.cells} | {c.method for c in experiment.cells}
-    unknown = sorted(set(names) - known)
+    kinds = {
+        "task": {c.task for c in experiment.cells},
+        "method": {c.method for c in experiment.cells},
+        "seed": {f"seed{c.seed}" for c in experiment.cells},
+    }
+    unknown = sorted(set(names) - set().union(*kinds.values()))
     if unknown:
-        raise ExperimentError(f"{experiment.name}: no task or method named {unknown}; known: {sorted(known)}")
-    cells = tuple(c for c in experiment.cells if c.task in names or c.method in names)
+        known = sorted(kinds["task"] | kinds["method"]) + sorted(kinds["seed"])
+        raise ExperimentError(f"{experiment.name}: no task, method or seed named {unknown}; known: {known}")
+    wanted = {kind: set(names) & values for kind, values in kinds.items()}
+
+    def chosen(cell: Cell) -> bool:
+        keys = {"task": cell.task, "method": cell.method, "seed": f"seed{cell.seed}"}
+        return all(not want or keys[kind] in want for kind, want in wanted.items())
+
+    cells = tuple(c for c in experiment.cells if chosen(c))
     used = {str(path) for c in cells for path in (c.config.task, c.config.prior) if path is not None}
     recipes = {folder: recipe for folder, recipe in experiment.recipes.items() if str(folder) in used}
     return dataclasses.replace(experiment, cells=cells, recipes=recipes)

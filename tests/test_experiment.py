@@ -100,7 +100,7 @@ def test_recipe_names_resolve_to_dataset_folders_of_the_scale(datasets: dict[str
     assert set(exp.recipes.values()) == {RECIPES / "drawer-closed-task.yaml", RECIPES / "drawer-closed-prior.yaml"}
 
 
-def test_only_selects_cells_by_task_or_method_and_collects_only_their_data(
+def test_only_selects_cells_by_task_method_and_seed_and_collects_only_their_data(
     datasets: dict[str, Path], tmp_path: Path
 ) -> None:
     path = write_experiment(
@@ -117,8 +117,15 @@ def test_only_selects_cells_by_task_or_method_and_collects_only_their_data(
     assert [c.label for c in bc.cells] == [
         f"{t}/bc_all/seed{s}" for t in ("closed_drawer", "pick_place") for s in (0, 1)
     ]
-    with pytest.raises(ExperimentError, match="no task or method named \\['pickplace'\\]"):
-        select(exp, ["pickplace"])
+    # across kinds the names intersect: one task's method, one seed
+    one = select(exp, ["pick_place", "bc_all", "seed1"])
+    assert [c.label for c in one.cells] == ["pick_place/bc_all/seed1"]
+    two = select(exp, ["cog", "bc_all", "seed0"])
+    assert [c.label for c in two.cells] == [
+        f"{t}/{m}/seed0" for t in ("closed_drawer", "pick_place") for m in ("cog", "bc_all")
+    ]
+    with pytest.raises(ExperimentError, match="no task, method or seed named \\['pickplace', 'seed7'\\]"):
+        select(exp, ["pickplace", "seed7"])
 
 
 def test_grid_runs_resumes_and_reports(datasets: dict[str, Path], tmp_path: Path) -> None:
