@@ -284,8 +284,9 @@ def describe(experiment: Experiment) -> str:
         counts[status] = counts.get(status, 0) + 1
     tasks = sorted({c.task for c in experiment.cells})
     methods = sorted({c.method for c in experiment.cells})
+    seeds = {c.seed for c in experiment.cells}
     return (
-        f"experiment {experiment.name}: {len(tasks)} tasks x {len(methods)} methods x {len(experiment.seeds)} seeds "
+        f"experiment {experiment.name}: {len(tasks)} tasks x {len(methods)} methods x {len(seeds)} seeds "
         f"= {len(experiment.cells)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
         f"{experiment.workers} at a time; output {experiment.out}"
     )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from robot_rl.experiment import ExperimentError, cell_status, load_experiment, run_experiment, select
+from robot_rl.experiment import ExperimentError, cell_status, describe, load_experiment, run_experiment, select
 from robot_rl.report import find_runs, mean_se, write_report
 from robot_rl.runs import write_run_record
 from robot_rl.train.logger import read_metrics
@@ -120,6 +120,7 @@ def test_only_selects_cells_by_task_method_and_seed_and_collects_only_their_data
     # across kinds the names intersect: one task's method, one seed
     one = select(exp, ["pick_place", "bc_all", "seed1"])
     assert [c.label for c in one.cells] == ["pick_place/bc_all/seed1"]
+    assert "1 tasks x 1 methods x 1 seeds = 1 runs (1 new)" in describe(one)
     two = select(exp, ["cog", "bc_all", "seed0"])
     assert [c.label for c in two.cells] == [
         f"{t}/{m}/seed0" for t in ("closed_drawer", "pick_place") for m in ("cog", "bc_all")
