@@ -141,7 +141,7 @@ def test_finetune_runs_in_every_replay_mode(cog_runs: dict[str, Any], tmp_path: 
 @pytest.mark.parametrize(
     ("first_batch", "updates_before_crash", "saved"),
     [
-        (10, 3 + 14, 20),  # crash at online step 25, after the checkpoint at the episode end of step 20
+        (10, 3 + 16, 20),  # crash at online step 27, after the checkpoint of step 20 (an episode end), the row of 25
         (15, 0, 10),  # crash at step 15, the first update; the checkpoint of step 10 precedes the first batch
     ],
 )
@@ -185,6 +185,9 @@ def test_an_interrupted_run_resumes_exactly_with_its_online_data(
     expected, resumed = losses(whole), losses(cut)
     for step in (25.0, 30.0):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    # rows logged after the checkpoint were dropped on resume: one row per step and kind, as in the whole run
+    kinds = [[(r["step"], "eval/success" in r) for r in read_metrics(run / "metrics.jsonl")] for run in (whole, cut)]
+    assert kinds[1] == kinds[0]
     np.testing.assert_array_equal(saved_online(whole)["states"], after["states"])
 
 

@@ -89,7 +89,7 @@ def test_a_resumed_run_continues_exactly(
 
     def interrupted(self: offline.CogMixSampler, rng: np.random.Generator, batch_size: int) -> Batch:
         calls["n"] += 1
-        if calls["n"] > 13:  # after the checkpoint at step 10
+        if calls["n"] > 17:  # after the checkpoint at step 10 and the row of step 15
             raise KeyboardInterrupt
         return original(self, rng, batch_size)
 
@@ -106,6 +106,9 @@ def test_a_resumed_run_continues_exactly(
     expected, resumed = losses(whole), losses(cut)
     for step in (15, 20):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    # the row of step 15 logged before the crash was dropped on resume: one row per step, as in the whole run
+    steps = [[r["step"] for r in read_metrics(run / "metrics.jsonl")] for run in (whole, cut)]
+    assert steps[1] == steps[0]
 
 
 def test_evaluating_leaves_training_as_it_would_be_without(datasets: dict[str, Path], tmp_path: Path) -> None:

@@ -652,7 +652,8 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
     try:
-        with Logger(run, dataclasses.asdict(cfg), wandb_mode) as logger:
+        resume_step = counters["online_steps"] if resume is not None else None
+        with Logger(run, dataclasses.asdict(cfg), wandb_mode, resume_step=resume_step) as logger:
             if resume is None and cfg.eval_every:
                 logger.log(0, evaluate_now())  # the joined agents before any online step
             bar = tqdm(total=cfg.online_steps, initial=counters["online_steps"], disable=not cfg.progress,

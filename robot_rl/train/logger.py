@@ -21,10 +21,18 @@ class Logger:
         wandb_mode: Literal["online", "offline"] | None = None,
         project: str = "robot-rl",
         name: str | None = None,
+        resume_step: int | None = None,
     ) -> None:
-        """`wandb_mode`: None (off), "online" or "offline"."""
+        """`wandb_mode`: None (off), "online" or "offline". `resume_step`: the step a resumed run continues from;
+        rows logged after it (by the stretch a crash lost, which the run now replays) are dropped, so that each
+        step has one row of each kind."""
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= resume_step]
+            partial = self.path.with_suffix(".jsonl.partial")
+            partial.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            partial.replace(self.path)  # atomic: a crash here leaves the old file or the new one
         cut_off = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self._file = open(self.path, "a")  # noqa: SIM115 -- closed in close(); appends on resume
         if cut_off:  # a crash mid-row: end that line, so that the next row is not glued to it

@@ -245,7 +245,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         return result.summary()
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
-    with Logger(run, dataclasses.asdict(cfg), wandb_mode) as logger:
+    with Logger(run, dataclasses.asdict(cfg), wandb_mode, resume_step=start if resume is not None else None) as logger:
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress, desc=cfg.algo)
         tick, last_eval = time.perf_counter(), ""
         for step in bar:
@@ -269,13 +269,15 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
                 logger.log(done, metrics)
                 bar.set_postfix_str(f"{metrics['time/steps_per_s']:.2f} steps/s {last_eval}")
                 tick = time.perf_counter()
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                save(done)
+            # Evaluate, then checkpoint: a run resumed from step `done` has every row up to it (evaluation forks the
+            # random generators, so it leaves the checkpoint as it would have been).
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
                 summary = evaluate_now(done)
                 logger.log(done, summary)
                 last_eval = f"eval {summary['eval/success']:.2f}"
                 bar.set_postfix_str(last_eval)
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                save(done)
     plot_curves(run)
     return run
 
