@@ -29,10 +29,12 @@ class Logger:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= resume_step]
-            partial = self.path.with_suffix(".jsonl.partial")
-            partial.write_text("".join(json.dumps(row) + "\n" for row in kept))
-            partial.replace(self.path)  # atomic: a crash here leaves the old file or the new one
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if not _logged_after(line, resume_step)]
+            if len(kept) < len(lines):
+                partial = self.path.with_suffix(".jsonl.partial")
+                partial.write_text("".join(kept))
+                partial.replace(self.path)  # atomic: a crash here leaves the old file or the new one
         cut_off = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         self._file = open(self.path, "a")  # noqa: SIM115 -- closed in close(); appends on resume
         if cut_off:  # a crash mid-row: end that line, so that the next row is not glued to it
@@ -66,6 +68,15 @@ class Logger:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _logged_after(line: str, step: int) -> bool:
+    """Whether a metrics line is a row of a step after `step` (a line that does not parse is kept as it is)."""
+    try:
+        row = json.loads(line)
+        return isinstance(row, dict) and int(row.get("step", 0)) > step
+    except (json.JSONDecodeError, TypeError, ValueError):
+        return False
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
