@@ -98,11 +98,6 @@ def _member_config(config: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
-def _finetune_task(config: dict[str, Any]) -> str:
-    member = _member_config(config)
-    return _task_of(member) if member else "unknown"
-
-
 def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
     """Every training or fine-tuning run below `paths` (a run folder itself counts), sorted by task, method, seed."""
     runs = []
@@ -124,7 +119,8 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
             evals = [r for r in rows if "eval/success" in r]
             last = evals[-1] if evals else {}
             steps = int(config.get("steps" if kind == "train" else "online_steps", 0))
-            task = _task_of(config) if kind == "train" else _finetune_task(config)
+            member = _member_config(config) if kind == "finetune" else {}
+            task = _task_of(config) if kind == "train" else (_task_of(member) if member else "unknown")
             method = config.get("algo", "unknown") if kind == "train" else _finetune_method(config)
             runs.append(
                 RunSummary(
@@ -138,7 +134,7 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
                     ever_success=float(last["eval/ever_success"]) if last else None,
                     episodes=int(last.get("eval/episodes", 0)) if last else 0,
                     curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
-                    observation=str(config.get("observation") or _member_config(config).get("observation", "")),
+                    observation=str(config.get("observation") or member.get("observation", "")),
                     eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
                     kind=str(kind),
                 )
