@@ -126,9 +126,10 @@ def check_recipe(recipe: Recipe, where: str) -> None:
             )
         if not (entry.weight > 0 and math.isfinite(entry.weight)) or not 0 <= entry.suboptimal_prob <= 1:
             raise DatasetError(f"{where}: mixture[{i}]: need weight > 0 and 0 <= suboptimal_prob <= 1")
-    missing = set(SCALES) - set(recipe.episodes)
+    missing = [scale for scale in SCALES if scale not in recipe.episodes]
     if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
-        raise DatasetError(f"{where}: episodes must give a positive count for each of {SCALES}")
+        lacking = f" (missing: {', '.join(missing)})" if missing else ""
+        raise DatasetError(f"{where}: episodes must give a positive count for each of {SCALES}{lacking}")
     if recipe.noise < 0:
         raise DatasetError(f"{where}: noise must be >= 0")
 
