@@ -249,6 +249,9 @@ def evaluate(cmd: EvalCommand) -> None:
         f"{cmd.policy} from {cmd.initial_condition}: success {result.success_rate:.2f} "
         f"(ever {result.ever_success_rate:.2f}) over {len(result.episodes)} episodes; {out}"
     )
+    if result.reached_rates():
+        print("  reached (any step): " + ", ".join(f"{k} {v:.2f}" for k, v in result.reached_rates().items()))
+        print("  failed episodes stopped before: " + ", ".join(f"{k} {n}" for k, n in result.stopped_at().items()))
 
 
 @dataclass(frozen=True)

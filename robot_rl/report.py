@@ -48,6 +48,9 @@ class RunSummary:
     eval_condition: str = ""
     kind: str = "train"
     """"train" (offline) or "finetune" (online, steps are environment steps)."""
+    reached: dict[str, float] = field(default_factory=dict)
+    """Share of the last evaluation's episodes that reached each of the task's milestones, in task order (empty
+    for runs evaluated before evaluations recorded milestones)."""
 
     @property
     def initial(self) -> float | None:
@@ -137,6 +140,11 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
                     observation=str(config.get("observation") or member.get("observation", "")),
                     eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
                     kind=str(kind),
+                    reached={
+                        k.removeprefix("eval/reached/"): float(v)
+                        for k, v in last.items()
+                        if k.startswith("eval/reached/")
+                    },
                 )
             )
     return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
@@ -221,6 +229,23 @@ def _finetune_section(runs: Sequence[RunSummary]) -> list[str]:
     return [*lines, ""]
 
 
+def _milestone_section(runs: Sequence[RunSummary]) -> list[str]:
+    """Where episodes stop: per task and method, the share of final-evaluation episodes that reached each of the
+    task's milestones (mean over finished seeds); an empty list when no finished run recorded milestones."""
+    rows = []
+    for task, method in sorted({(r.task, r.method) for r in runs}, key=lambda k: (k[0], _method_order(k[1]))):
+        group = [r for r in runs if r.task == task and r.method == method and r.finished and r.reached]
+        if not group:
+            continue
+        names = list(dict.fromkeys(name for r in group for name in r.reached))
+        cells = [f"{name} {_cell([r.reached[name] for r in group if name in r.reached])}" for name in names]
+        rows.append(f"| {task} | {method} | {' → '.join(cells)} |")
+    if not rows:
+        return []
+    return ["## Where episodes stop (share reaching each milestone at any step, in task order)", "",
+            "| task | method | milestones |", "|---|---|---|", *rows, ""]  # fmt: skip
+
+
 def write_report(paths: Sequence[Path], out: Path) -> Path:
     """report.md, results.json, curves_<task>.png and success_bars.png in `out`."""
     from robot_rl.media import bar_chart, curve_chart, write_png
@@ -267,6 +292,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         "",
         markdown_table(runs, "ever_success"),
         "",
+        *_milestone_section(runs),
         *_finetune_section(runs),
         "## Plots",
         "",

@@ -123,6 +123,9 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     Reward: 1.0 on every step where the task's success holds, else 0.0. `terminated` on success only when
     `terminate_on_success`; `truncated` at the initial condition's horizon (COG's: 40 pick-place, 50 drawer,
     80 blocked drawer) unless `max_episode_steps` overrides it.
+    Info: `success`, `initial_condition`, `step`, and `milestones`: the scene's sub-goals for this initial
+    condition in task order (for the drawer: clear the way, open the drawer, hold the object, success), each true
+    while it holds, so an evaluation can say where failed episodes stopped.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -318,4 +321,9 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         return obs
 
     def _info(self, state: SceneState) -> dict[str, Any]:
-        return {"initial_condition": self._condition, "success": self.scene.success(state), "step": self._steps}
+        return {
+            "initial_condition": self._condition,
+            "success": self.scene.success(state),
+            "milestones": self.scene.milestones(state, self._condition),
+            "step": self._steps,
+        }

@@ -70,6 +70,10 @@ class Scene(Protocol):
 
     def privileged(self, state: SceneState) -> NDArray[np.float64]: ...
 
+    def milestones(self, state: SceneState, condition: str) -> dict[str, bool]:
+        """The sub-goals on the way to success from `condition`, in task order, each true while it holds."""
+        ...
+
 
 def _box(
     client: BulletClient,
@@ -245,6 +249,18 @@ class DrawerScene:
         drawers = [state.bottom_drawer, state.top_drawer]
         return np.concatenate([state.object_pos, state.object_quat, drawers, state.blocker_pos])
 
+    def milestones(self, state: SceneState, condition: str) -> dict[str, bool]:
+        """Clear the way (blocked conditions only), open the bottom drawer, hold the object, lift it (success)."""
+        reached: dict[str, bool] = {}
+        if condition == "blocked":
+            reached["top_closed"] = self.top_closed(state)
+        elif condition == "blocked_by_object":
+            reached["blocker_clear"] = self.blocker_clear(state)
+        reached["bottom_open"] = self.bottom_open(state)
+        reached["object_held"] = state.object_held
+        reached["success"] = self.success(state)
+        return reached
+
     # Sub-skill predicates, used by the scripted skills to report success.
     def bottom_open(self, state: SceneState) -> bool:
         return state.bottom_drawer >= self.OPEN_THRESHOLD
@@ -331,6 +347,10 @@ class PickPlaceScene:
 
     def privileged(self, state: SceneState) -> NDArray[np.float64]:
         return np.concatenate([state.object_pos, state.object_quat, state.tray_pos])
+
+    def milestones(self, state: SceneState, condition: str) -> dict[str, bool]:
+        """Pick the object up, then place it (success); from `in_gripper` it starts picked."""
+        return {"picked": self.picked(state), "success": self.success(state)}
 
     def picked(self, state: SceneState) -> bool:
         return bool(state.object_held and state.object_pos[2] > 0.06)

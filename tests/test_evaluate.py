@@ -9,7 +9,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from robot_rl.train.evaluate import EvalConfig, evaluate, evaluate_parallel
+from robot_rl.train.evaluate import (
+    EVAL_SEED,
+    EpisodeOutcome,
+    EvalConfig,
+    EvalResult,
+    evaluate,
+    evaluate_parallel,
+    make_env,
+    run_episode,
+)
 
 PLACE = EvalConfig(
     env_id="robot_rl/PickPlace-v0",
@@ -59,3 +68,43 @@ def test_workers_give_the_same_outcomes_as_one_process() -> None:
         (e.seed, e.success, e.steps, e.episode_return) for e in one.episodes
     ]
     assert two.summary()["eval/success"] == one.success_rate
+
+
+class OpenDrawerOnly:
+    """Runs the scripted drawer-opening skill on the env's privileged scene state, then stays put."""
+
+    def __init__(self, env: Any) -> None:
+        from sim_envs.skills import OpenBottomDrawer
+
+        self.env, self.skill = env, OpenBottomDrawer()
+
+    def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
+        return self.skill.act(self.env.unwrapped.scene_state()).astype(np.float32)
+
+
+def test_milestones_say_where_failed_episodes_stopped() -> None:
+    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    env = make_env(cfg)
+    try:
+        opened = run_episode(env, OpenDrawerOnly(env), EVAL_SEED, "closed", None)
+        idle = run_episode(env, ZeroPolicy(), EVAL_SEED + 1, "closed", None)
+        blocked = run_episode(env, ZeroPolicy(), EVAL_SEED, "blocked", None)
+    finally:
+        env.close()
+    assert opened.reached == {"bottom_open": True, "object_held": False, "success": False}
+    assert opened.stopped_at == "object_held"
+    assert idle.stopped_at == "bottom_open" and not any(idle.reached.values())
+    assert list(blocked.reached) == ["top_closed", "bottom_open", "object_held", "success"]
+    assert blocked.stopped_at == "top_closed"
+
+    result = EvalResult("closed", [opened, idle, idle], [])
+    assert result.reached_rates() == {"bottom_open": 1 / 3, "object_held": 0.0, "success": 0.0}
+    assert result.stopped_at() == {"bottom_open": 2, "object_held": 1, "success": 0}
+    assert result.summary()["eval/reached/bottom_open"] == 1 / 3
+
+
+def test_an_episode_that_loses_its_success_stopped_after_it() -> None:
+    lost = EpisodeOutcome(0, False, True, 40, 3.0, {"picked": True, "success": True})
+    kept = EpisodeOutcome(1, True, True, 40, 5.0, {"picked": True, "success": True})
+    assert lost.stopped_at == "success_lost" and kept.stopped_at is None
+    assert EvalResult("on_table", [lost, kept], []).stopped_at() == {"picked": 0, "success": 0, "success_lost": 1}

@@ -160,6 +160,10 @@ def test_grid_runs_resumes_and_reports(datasets: dict[str, Path], tmp_path: Path
     mean, se = mean_se([v for v in cog if v is not None])
     text = report.read_text()
     assert f"{mean:.2f} ± {se:.2f} (n=2)" in text
+    # Where episodes stop: each run's last evaluation recorded the closed drawer's milestones, in task order.
+    assert all(list(r.reached) == ["bottom_open", "object_held", "success"] for r in runs)
+    opened = mean_se([r.reached["bottom_open"] for r in runs if r.method == "cog"])
+    assert f"| closed_drawer | cog | bottom_open {opened[0]:.2f} ± {opened[1]:.2f} (n=2) → object_held" in text
     assert (out / "report" / "success_bars.png").exists() and (out / "report" / "curves_closed_drawer.png").exists()
     summary = json.loads((out / "report" / "results.json").read_text())
     assert summary["closed_drawer"]["bc_all"]["seeds"] == [0, 1]

@@ -1,11 +1,13 @@
 """Evaluation rollouts: a policy, an env id and an initial condition; success as COG measured it.
 
 Success is the task's success at the final step of the episode (COG), reported with "ever succeeded" (at any
-step). Environments are reached through gymnasium ids only (`module:id` imports the module that registers the id),
-so the learning core never imports the simulator. Rollouts run in worker processes; episode i uses seed
-`seed + i`, so results do not depend on the number of workers. Evaluation seeds default to 1_000_000 and up,
-disjoint from the seeds of collected data (a recipe's episode seeds come from `SeedSequence`, and training never
-resets envs).
+step), and where episodes stop: the env's `info["milestones"]` (the task's sub-goals in order) give the share of
+episodes that reached each sub-goal, and for each failed episode the first sub-goal it never reached.
+
+Environments are reached through gymnasium ids only (`module:id` imports the module that registers the id), so
+the learning core never imports the simulator. Rollouts run in worker processes; episode i uses seed `seed + i`,
+so results do not depend on the number of workers. Evaluation seeds default to 1_000_000 and up, disjoint from
+the seeds of collected data (a recipe's episode seeds come from `SeedSequence`, and training never resets envs).
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ class EpisodeOutcome:
     ever_success: bool
     steps: int
     episode_return: float
+    reached: dict[str, bool] = field(default_factory=dict)
+    """Each milestone of the env's `info["milestones"]`, in task order: whether it held at any step."""
+
+    @property
+    def stopped_at(self) -> str | None:
+        """None for a success; else the first milestone never reached, or `success_lost` when every milestone
+        (success included) was reached but success did not hold at the final step."""
+        if self.success:
+            return None
+        return next((name for name, hit in self.reached.items() if not hit), "success_lost")
 
 
 @dataclass
@@ -80,17 +92,33 @@ class EvalResult:
     def mean_return(self) -> float:
         return float(np.mean([e.episode_return for e in self.episodes]))
 
+    def reached_rates(self) -> dict[str, float]:
+        """Share of episodes that reached each milestone at some step, in task order."""
+        names = list(dict.fromkeys(name for e in self.episodes for name in e.reached))
+        return {name: float(np.mean([e.reached.get(name, False) for e in self.episodes])) for name in names}
+
+    def stopped_at(self) -> dict[str, int]:
+        """Failed episodes counted by where they stopped (`EpisodeOutcome.stopped_at`), in task order."""
+        counts: dict[str, int] = {name: 0 for name in self.reached_rates()}
+        counts["success_lost"] = 0
+        for e in self.episodes:
+            if e.stopped_at is not None:
+                counts[e.stopped_at] += 1
+        return {name: n for name, n in counts.items() if n or name != "success_lost"}
+
     def summary(self) -> dict[str, float]:
+        reached = {f"eval/reached/{name}": rate for name, rate in self.reached_rates().items()}
         return {
             "eval/success": self.success_rate,
             "eval/ever_success": self.ever_success_rate,
             "eval/return": self.mean_return,
             "eval/episodes": float(len(self.episodes)),
+            **reached,
         }
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "initial_condition": self.initial_condition, "videos": self.videos,
-                "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
+                "stopped_at": self.stopped_at(), "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
 
 
 def make_env(cfg: EvalConfig) -> gym.Env[Any, Any]:
@@ -103,6 +131,7 @@ def run_episode(
     """One episode from `condition`, reset with `seed`; appends camera frames to `frames` if given."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})
     ever, total, steps, done = bool(info.get("success", False)), 0.0, 0, False
+    reached = {name: bool(hit) for name, hit in info.get("milestones", {}).items()}
     if frames is not None and "image" in obs:
         frames.append(upscale(obs["image"], 192))
     while not done:
@@ -110,10 +139,12 @@ def run_episode(
         total += float(reward)
         steps += 1
         ever = ever or bool(info.get("success", False))
+        for name, hit in info.get("milestones", {}).items():
+            reached[name] = reached.get(name, False) or bool(hit)
         done = terminated or truncated
         if frames is not None and "image" in obs:
             frames.append(upscale(obs["image"], 192))
-    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total)
+    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached)
 
 
 def evaluate(
