@@ -535,3 +535,18 @@ def test_image_runs_fine_tune_on_images_and_resume_exactly(
 
     assert losses(cut)[30.0] == pytest.approx(losses(whole)[30.0], rel=1e-5)
     np.testing.assert_array_equal(saved_online(cut)["images"], online["images"])
+
+
+def test_the_report_says_when_each_seed_first_reached_the_target() -> None:
+    from robot_rl.report import RunSummary, _finetune_section
+
+    def run(seed: int, curve: list[tuple[int, float]]) -> RunSummary:
+        return RunSummary(Path(f"s{seed}"), "closed_drawer", "balanced", seed, 7500, True, curve[-1][1], None, 20,
+                          curve=curve, kind="finetune")  # fmt: skip
+
+    climbs = run(0, [(0, 0.85), (2500, 0.75), (5000, 0.95), (7500, 0.9)])
+    stalls = run(1, [(0, 0.5), (2500, 0.6), (5000, 0.9), (7500, 0.94)])
+    assert climbs.steps_to(0.95) == 5000 and stalls.steps_to(0.95) is None and stalls.steps_to(0.5) == 0
+    assert climbs.drop == pytest.approx(0.10)
+    rows = [line for line in _finetune_section([climbs, stalls]) if line.startswith("| closed_drawer")]
+    assert rows == [rows[0]] and rows[0].endswith("| 5000, never |")
