@@ -105,6 +105,36 @@ def _member_config(config: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _summarise_run(folder: Path, record: dict[str, Any], kind: str) -> RunSummary:
+    """One run's summary from its records (a malformed entry raises; `find_runs` names the folder)."""
+    config = record["config"]
+    cell_path = folder / "cell.json"
+    cell = json.loads(cell_path.read_text()) if cell_path.exists() else {}
+    rows = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
+    evals = [r for r in rows if "eval/success" in r]
+    last = evals[-1] if evals else {}
+    steps = int(config.get("steps" if kind == "train" else "online_steps", 0))
+    member = _member_config(config) if kind == "finetune" else {}
+    task = _task_of(config) if kind == "train" else (_task_of(member) if member else "unknown")
+    method = config.get("algo", "unknown") if kind == "train" else _finetune_method(config)
+    return RunSummary(
+        folder=folder,
+        task=str(cell.get("task") or task),
+        method=str(cell.get("method") or method),
+        seed=int(cell.get("seed", config.get("seed", 0))),
+        steps=steps,
+        finished=bool(last) and int(last["step"]) >= steps,
+        success=float(last["eval/success"]) if last else None,
+        ever_success=float(last["eval/ever_success"]) if last else None,
+        episodes=int(last.get("eval/episodes", 0)) if last else 0,
+        curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
+        observation=str(config.get("observation") or member.get("observation", "")),
+        eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
+        kind=kind,
+        reached={k.removeprefix("eval/reached/"): float(v) for k, v in last.items() if k.startswith("eval/reached/")},
+    )
+
+
 def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
     """Every training or fine-tuning run below `paths` (a run folder itself counts), sorted by task, method, seed."""
     runs = []
@@ -119,38 +149,12 @@ def find_runs(paths: Iterable[Path]) -> list[RunSummary]:
             kind = record.get("command")
             if kind not in ("train", "finetune"):
                 continue
-            folder, config = record_path.parent, record["config"]
-            cell_path = folder / "cell.json"
-            cell = json.loads(cell_path.read_text()) if cell_path.exists() else {}
-            rows = read_metrics(folder / "metrics.jsonl") if (folder / "metrics.jsonl").exists() else []
-            evals = [r for r in rows if "eval/success" in r]
-            last = evals[-1] if evals else {}
-            steps = int(config.get("steps" if kind == "train" else "online_steps", 0))
-            member = _member_config(config) if kind == "finetune" else {}
-            task = _task_of(config) if kind == "train" else (_task_of(member) if member else "unknown")
-            method = config.get("algo", "unknown") if kind == "train" else _finetune_method(config)
-            runs.append(
-                RunSummary(
-                    folder=folder,
-                    task=str(cell.get("task") or task),
-                    method=str(cell.get("method") or method),
-                    seed=int(cell.get("seed", config.get("seed", 0))),
-                    steps=steps,
-                    finished=bool(last) and int(last["step"]) >= steps,
-                    success=float(last["eval/success"]) if last else None,
-                    ever_success=float(last["eval/ever_success"]) if last else None,
-                    episodes=int(last.get("eval/episodes", 0)) if last else 0,
-                    curve=[(int(r["step"]), float(r["eval/success"])) for r in evals],
-                    observation=str(config.get("observation") or member.get("observation", "")),
-                    eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
-                    kind=str(kind),
-                    reached={
-                        k.removeprefix("eval/reached/"): float(v)
-                        for k, v in last.items()
-                        if k.startswith("eval/reached/")
-                    },
-                )
-            )
+            try:
+                runs.append(_summarise_run(record_path.parent, record, str(kind)))
+            except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:  # json errors are ValueErrors
+                raise ReportError(
+                    f"{record_path.parent}: its run record, cell.json or metrics.jsonl has a malformed entry ({e!r})"
+                ) from e
     return sorted(runs, key=lambda r: (r.task, r.method, r.seed))
 
 

@@ -253,11 +253,11 @@ class DrawerScene:
         """Clear the way (blocked conditions only), open the bottom drawer, hold the object, lift it (success)."""
         reached: dict[str, bool] = {}
         if condition == "blocked":
-            reached["top_closed"] = self.top_closed(state)
+            reached["top_closed"] = bool(self.top_closed(state))
         elif condition == "blocked_by_object":
-            reached["blocker_clear"] = self.blocker_clear(state)
-        reached["bottom_open"] = self.bottom_open(state)
-        reached["object_held"] = state.object_held
+            reached["blocker_clear"] = bool(self.blocker_clear(state))
+        reached["bottom_open"] = bool(self.bottom_open(state))
+        reached["object_held"] = bool(state.object_held)
         reached["success"] = self.success(state)
         return reached
 

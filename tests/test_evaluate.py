@@ -6,7 +6,9 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from robot_rl.train.evaluate import (
@@ -108,3 +110,21 @@ def test_an_episode_that_loses_its_success_stopped_after_it() -> None:
     kept = EpisodeOutcome(1, True, True, 40, 5.0, {"picked": True, "success": True})
     assert lost.stopped_at == "success_lost" and kept.stopped_at is None
     assert EvalResult("on_table", [lost, kept], []).stopped_at() == {"picked": 0, "success": 0, "success_lost": 1}
+
+
+class MalformedMilestones(gym.Wrapper[Any, Any, Any, Any]):
+    """An env whose info reports milestones as a list, not a dict of name -> bool."""
+
+    def reset(self, **kwargs: Any) -> Any:
+        obs, info = self.env.reset(**kwargs)
+        return obs, {**info, "milestones": ["bottom_open"]}
+
+
+def test_malformed_milestones_from_an_env_are_refused_by_name() -> None:
+    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    env = MalformedMilestones(make_env(cfg))
+    try:
+        with pytest.raises(ValueError, match=r"info\['milestones'\] must map milestone names to bools"):
+            run_episode(env, ZeroPolicy(), EVAL_SEED, "closed", None)
+    finally:
+        env.close()

@@ -273,6 +273,15 @@ def test_report_on_nothing_or_a_broken_record_is_a_clear_error(
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path)])
     assert f"{tmp_path / 'run' / 'run.json'}: cannot read the run record" in capsys.readouterr().err
+    # A readable record with a malformed metrics row (a milestone rate that is not a number) names the run's folder.
+    (tmp_path / "run" / "run.json").write_text('{"command": "train", "config": {"steps": 5}}')
+    row = {"step": 5, "eval/success": 0.5, "eval/ever_success": 0.5, "eval/reached/bottom_open": "half"}
+    (tmp_path / "run" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'run'}: its run record, cell.json or metrics.jsonl has a malformed entry" in err
+    assert "half" in err
 
 
 @pytest.mark.parametrize("path", sorted((RECIPES.parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)

@@ -92,14 +92,17 @@ class EvalResult:
     def mean_return(self) -> float:
         return float(np.mean([e.episode_return for e in self.episodes]))
 
+    def milestones(self) -> list[str]:
+        """The milestones the episodes reported, in task order."""
+        return list(dict.fromkeys(name for e in self.episodes for name in e.reached))
+
     def reached_rates(self) -> dict[str, float]:
         """Share of episodes that reached each milestone at some step, in task order."""
-        names = list(dict.fromkeys(name for e in self.episodes for name in e.reached))
-        return {name: float(np.mean([e.reached.get(name, False) for e in self.episodes])) for name in names}
+        return {name: float(np.mean([e.reached.get(name, False) for e in self.episodes])) for name in self.milestones()}
 
     def stopped_at(self) -> dict[str, int]:
         """Failed episodes counted by where they stopped (`EpisodeOutcome.stopped_at`), in task order."""
-        counts: dict[str, int] = {name: 0 for name in self.reached_rates()}
+        counts: dict[str, int] = {name: 0 for name in self.milestones()}
         counts["success_lost"] = 0
         for e in self.episodes:
             if e.stopped_at is not None:
@@ -125,13 +128,23 @@ def make_env(cfg: EvalConfig) -> gym.Env[Any, Any]:
     return gym.make(f"{cfg.env_module}:{cfg.env_id}", **cfg.env_kwargs)
 
 
+def _milestones(info: dict[str, Any]) -> dict[str, bool]:
+    """The env's `info["milestones"]` (none if it gives none); anything but a dict of name -> bool is refused."""
+    milestones = info.get("milestones", {})
+    if not isinstance(milestones, dict) or not all(
+        isinstance(k, str) and isinstance(v, (bool, np.bool_)) for k, v in milestones.items()
+    ):
+        raise ValueError(f"env info['milestones'] must map milestone names to bools, got {milestones!r}")
+    return {name: bool(hit) for name, hit in milestones.items()}
+
+
 def run_episode(
     env: gym.Env[Any, Any], policy: ActingPolicy, seed: int, condition: str, frames: list[NDArray[np.uint8]] | None
 ) -> EpisodeOutcome:
     """One episode from `condition`, reset with `seed`; appends camera frames to `frames` if given."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})
     ever, total, steps, done = bool(info.get("success", False)), 0.0, 0, False
-    reached = {name: bool(hit) for name, hit in info.get("milestones", {}).items()}
+    reached = _milestones(info)
     if frames is not None and "image" in obs:
         frames.append(upscale(obs["image"], 192))
     while not done:
@@ -139,8 +152,8 @@ def run_episode(
         total += float(reward)
         steps += 1
         ever = ever or bool(info.get("success", False))
-        for name, hit in info.get("milestones", {}).items():
-            reached[name] = reached.get(name, False) or bool(hit)
+        for name, hit in _milestones(info).items():
+            reached[name] = reached.get(name, False) or hit
         done = terminated or truncated
         if frames is not None and "image" in obs:
             frames.append(upscale(obs["image"], 192))
