@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from robot_rl.algos.bc import BC
 from robot_rl.algos.cql import CQL
 from robot_rl.algos.ensemble import EnsembleActor, actor_architecture
+from robot_rl.algos.optim import IMPLEMENTATION_KEYS
 from robot_rl.algos.pessimistic import PessimisticEnsemble
 from robot_rl.policy import (
     CheckpointError,
@@ -184,10 +185,21 @@ def optimizer_states(
                 reference = tensors.get(name, params[index]) if key == "step" else params[index]
                 expected[name] = reference.detach()
                 if name in tensors:
-                    state[index][key] = tensors[name]
-        # JSON turned tuples (Adam's betas) into lists; give them back the type the optimiser uses.
+                    value = tensors[name]
+                    if key != "step" and value.shape == params[index].shape:
+                        # Moments in their parameter's memory layout (channels-last conv weights): the fused Adam
+                        # walks parameter, gradient and moments as flat memory, so a contiguous moment of a
+                        # channels-last weight would be silently misaligned (resume diverged at 4e-5 relative).
+                        value = torch.empty_like(params[index], dtype=value.dtype).copy_(value)
+                    state[index][key] = value
+        # JSON turned tuples (Adam's betas) into lists; give them back the type the optimiser uses. The
+        # implementation flags (fused, foreach, ...) stay the current optimiser's: a checkpoint from a slower
+        # implementation must not slow the resumed run down.
         groups = [
-            {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in group.items()}
+            {
+                k: current[k] if k in IMPLEMENTATION_KEYS else tuple(v) if isinstance(current.get(k), tuple) else v
+                for k, v in group.items()
+            }
             for group, current in zip(saved["param_groups"], optimizer.param_groups, strict=True)
         ]
         states[opt_name] = {"state": state, "param_groups": groups}

@@ -197,6 +197,39 @@ def test_resumed_run_continues_exactly_as_the_uninterrupted_one(tmp_path: Path, 
         torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
 
 
+def test_a_checkpoint_of_the_unfused_adam_resumes_fused_with_moments_in_the_weights_layout(tmp_path: Path) -> None:
+    """Checkpoints written before the fused Adam (or by another implementation) resume on the fused one, and its
+    moments take the channels-last layout of the conv weights (the fused kernel reads them as flat memory)."""
+    data = FakeData("image")
+    a = make_agent("image", 0)
+    for name in ("critic_optimizer", "actor_optimizer"):
+        old = getattr(a, name)
+        setattr(a, name, torch.optim.Adam(old.param_groups[0]["params"], lr=old.param_groups[0]["lr"], fused=False))
+    train(a, data, np.random.default_rng(1), torch.Generator().manual_seed(2), 3)
+    save_learner(tmp_path / "ckpt", a)
+
+    b = make_agent("image", 1)
+    load_learner(tmp_path / "ckpt", b)
+    assert all(group["fused"] for group in b.critic_optimizer.param_groups + b.actor_optimizer.param_groups)
+    conv = b.q.encoder.conv
+    assert conv is not None
+    weight = conv.net[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+    moments = b.critic_optimizer.state[weight]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert moments[key].stride() == weight.stride(), key
+        torch.testing.assert_close(moments[key], a.critic_optimizer.state[a.q.encoder.conv.net[0].weight][key])
+    # And the two continue alike: the unfused and the fused update are the same rule.
+    for pa, pb in zip(a.q.parameters(), b.q.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    torch.manual_seed(7)  # CQL's action samples come from the global generator
+    expected = train(a, data, np.random.default_rng(5), torch.Generator().manual_seed(6), 2)
+    torch.manual_seed(7)
+    resumed = train(b, data, np.random.default_rng(5), torch.Generator().manual_seed(6), 2)
+    for metrics_a, metrics_b in zip(expected, resumed, strict=True):
+        assert metrics_b == pytest.approx(metrics_a, rel=1e-5, abs=1e-6)
+
+
 def test_extra_round_trips_json_tensors_and_every_generator_kind(tmp_path: Path) -> None:
     generators = {name: np.random.Generator(cls(7)) for name, cls in robot_rl.checkpoints._NUMPY_BIT_GENERATORS.items()}
     for g in generators.values():

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from robot_rl.algos import cql
 from robot_rl.algos.batch import TorchBatch, TorchObs
-from robot_rl.algos.cql import CQL, CQLConfig, critic_loss
+from robot_rl.algos.cql import CQL, CQLConfig, actor_loss, critic_loss
+from robot_rl.algos.optim import frozen
 from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
 
 S, A, B, K = 2, 1, 6, 2
@@ -274,6 +275,30 @@ def test_update_moves_every_parameter_and_targets_by_polyak(image: tuple[int, in
         assert not torch.equal(target, old), name
     assert torch.equal(after["log_cql_weight"][""], before["log_cql_weight"][""])  # fixed weight without Lagrange
     assert agent.steps == 1
+
+
+def test_the_actors_loss_reaches_the_actor_through_the_critic_but_leaves_the_critics_weights() -> None:
+    image = (12, 12, 3)
+    agent = CQL(CQLConfig(hidden=(16, 16), conv=ConvConfig(channels=(4, 4, 4))), image, state_dim=3, action_dim=2)
+    batch = make_batch(8, state_dim=3, action_dim=2, image=image)
+    features = agent.actor.encode(batch.obs.image, batch.obs.state)
+    critic_features = agent.q.encode(batch.obs.image, batch.obs.state).detach()
+    loss, _, _ = actor_loss(agent.q, agent.actor, features, critic_features, batch, torch.tensor(0.1), bc=False)
+    loss.backward()
+    # The critic's weights got no gradient, and require one again after the loss.
+    assert all(p.grad is None and p.requires_grad for p in agent.q.parameters())
+    # The actor's did, through Q(s, a~): without the critic the head's mean would get none from this batch's value.
+    mean_rows = agent.actor.head.net[-1].weight.grad
+    assert mean_rows is not None and mean_rows.abs().sum() > 0
+
+
+def test_frozen_restores_each_flag_also_after_an_error() -> None:
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    module[1].bias.requires_grad_(False)  # one parameter was frozen before: it stays frozen
+    with pytest.raises(RuntimeError, match="inside"), frozen(module):
+        assert not any(p.requires_grad for p in module.parameters())
+        raise RuntimeError("inside")
+    assert [p.requires_grad for p in module.parameters()] == [True, True, True, False]
 
 
 @pytest.mark.parametrize(("target_gap", "direction"), [(-1e3, 1), (1e3, -1)])

@@ -22,6 +22,7 @@ from robot_rl.networks import (
     EnsembleConvEncoder,
     EnsembleLinear,
     EnsembleMLP,
+    MaxPool2x2,
     QEnsemble,
     TanhGaussianActor,
     set_state_statistics,
@@ -87,6 +88,35 @@ def test_conv_encoder_members_equal_standalone_copies() -> None:
         single = EnsembleConvEncoder(1, IMAGE, SMALL_CONV)
         single.load_state_dict(member_state_dict(big, n, members))
         torch.testing.assert_close(single(image)[0], features[n], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (3, 4, 7, 9), (1, 2, 3, 5)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_pool_without_gradient_equals_max_pool2d(shape: tuple[int, ...], channels_last: bool) -> None:
+    # Distinct values, so that the maximum of each window is unique (and its gradient's position well defined).
+    x = torch.randperm(math.prod(shape)).float().reshape(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    pool = MaxPool2x2()
+    with torch.no_grad():
+        fast = pool(x)  # the index-free path
+    assert torch.equal(fast, F.max_pool2d(x, 2))
+    # With gradient it is max_pool2d itself: the same values and gradient.
+    leaf = x.clone().requires_grad_(True)
+    out = pool(leaf)
+    assert torch.equal(out, fast)
+    out.sum().backward()
+    reference = x.clone().requires_grad_(True)
+    F.max_pool2d(reference, 2).sum().backward()
+    assert leaf.grad is not None and torch.equal(leaf.grad, reference.grad)
+
+
+def test_conv_encoder_gives_the_same_features_with_and_without_gradient() -> None:
+    encoder = EnsembleConvEncoder(2, IMAGE, SMALL_CONV)  # odd sizes after pooling: 12x10 -> 6x5 -> 3x2
+    image, _ = observation(3)
+    with torch.no_grad():
+        fast = encoder(image)
+    torch.testing.assert_close(encoder(image).detach(), fast, rtol=0, atol=0)
 
 
 def test_ensemble_linear_and_mlp_members_equal_standalone_copies() -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from robot_rl.algos.batch import TorchBatch, autocast
+from robot_rl.algos.optim import adam
 from robot_rl.networks import ConvConfig, TanhGaussianActor
 
 
@@ -73,7 +74,7 @@ class BC:
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr, weight_decay=cfg.weight_decay)
         self.steps = 0
         self.autocast_dtype: torch.dtype | None = None
         """Mixed precision of the forward pass (see `CQL.autocast_dtype`); None: fp32."""

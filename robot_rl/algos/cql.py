@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from robot_rl.algos.batch import TorchBatch, autocast
+from robot_rl.algos.optim import adam, frozen
 from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
 
 
@@ -159,11 +160,11 @@ def actor_loss(
     action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
     log_prob = log_prob.squeeze(1)
     # BC warm start: the data's log-likelihood in place of the critic's value.
-    value = (
-        actor.log_prob(features, batch.action, eps=bc_margin)
-        if bc
-        else q.q(critic_features, action).min(dim=0).values[:, 0]
-    )
+    if bc:
+        value = actor.log_prob(features, batch.action, eps=bc_margin)
+    else:
+        with frozen(q):
+            value = q.q(critic_features, action).min(dim=0).values[:, 0]
     loss = (alpha.detach() * log_prob - value).mean()
     return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
 
@@ -197,10 +198,10 @@ class CQL:
         log_weight = math.log(cfg.cql_weight) if cfg.lagrange else 0.0
         self.log_cql_weight = nn.Parameter(torch.tensor(log_weight, device=self.device))
         self.target_entropy = -float(action_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.critic_optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
-        self.cql_weight_optimizer = torch.optim.Adam([self.log_cql_weight], lr=cfg.critic_lr)
+        self.critic_optimizer = adam(self.q.parameters(), lr=cfg.critic_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.cql_weight_optimizer = adam([self.log_cql_weight], lr=cfg.critic_lr)
         self.steps = 0
         self.autocast_dtype: torch.dtype | None = None
         """Mixed precision of the forward passes (torch.bfloat16 on CUDA by the trainer's default); None: fp32.

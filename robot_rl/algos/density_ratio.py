@@ -46,6 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from robot_rl.algos.optim import adam
+
 
 @dataclass(frozen=True)
 class DensityRatioConfig:
@@ -127,7 +129,7 @@ class DensityRatio:
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
         self.network = DensityRatioNetwork(feature_dim, action_dim, cfg.hidden).to(self.device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=cfg.lr)
+        self.optimizer = adam(self.network.parameters(), lr=cfg.lr)
         self.steps = 0
 
     def update(

@@ -261,7 +261,7 @@ def _image_architecture(encoder: EnsembleObservationEncoder) -> tuple[tuple[int,
     pool = tuple(s == 2 for s in strides) if strided else tuple(pooled)
     conv = ConvConfig(channels=tuple(channels), kernel=kernels[0], pool=pool, strided=strided)
     first = next(layer for layer in cnn.net if isinstance(layer, nn.Conv2d))
-    in_channels = first.in_channels // first.groups
+    in_channels = first.in_channels // first.groups  # the image's channels (the first layer is not grouped)
     cells, rest = divmod(cnn.output_dim, channels[-1])
     if rest:
         raise ValueError(f"{cnn.output_dim} image features are not a multiple of {channels[-1]} channels")
@@ -277,7 +277,7 @@ def _conv_layers(cnn: EnsembleConvEncoder) -> tuple[list[int], list[int], list[i
     pooled: list[bool] = []
     for layer in cnn.net:
         if isinstance(layer, nn.Conv2d):
-            channels.append(layer.out_channels // layer.groups)
+            channels.append(layer.out_channels // cnn.members)
             kernels.append(int(layer.kernel_size[0]))
             strides.append(int(layer.stride[0]))
             pooled.append(False)

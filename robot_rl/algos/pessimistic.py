@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from robot_rl.algos.batch import TorchBatch
 from robot_rl.algos.cql import CQL, alpha_loss, conservative_gap
 from robot_rl.algos.ensemble import EnsembleActor, agent_min_q, ensemble_q, stack_critics
+from robot_rl.algos.optim import adam, frozen
 from robot_rl.networks import QEnsemble
 
 
@@ -145,7 +146,8 @@ def ensemble_actor_loss(
     `critic_features` (N*M, B, F) detached (only the actor's optimiser steps on this loss). The gradient reaches every
     member's mean and std through the moment matching. Returns (loss, log pi^E of the samples (B,), metrics)."""
     action, log_prob = actor.sample_moment_matched(actor_features, 1)  # (B, 1, A), (B, 1)
-    value = ensemble_q(q.q(critic_features, action), agents, q.members // agents)[:, 0]  # (B,)
+    with frozen(q):  # the gradient reaches the action, not the critics' weights
+        value = ensemble_q(q.q(critic_features, action), agents, q.members // agents)[:, 0]  # (B,)
     log_prob = log_prob[:, 0]  # (B,)
     loss = (alpha.detach() * log_prob - value).mean()
     return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
@@ -180,9 +182,9 @@ class PessimisticEnsemble:
         self.device = next(actor.parameters()).device
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha), device=self.device))
         self.target_entropy = -float(actor.action_dim) if cfg.target_entropy is None else cfg.target_entropy
-        self.critic_optimizer = torch.optim.Adam(self.q.parameters(), lr=cfg.critic_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr)
+        self.critic_optimizer = adam(self.q.parameters(), lr=cfg.critic_lr)
+        self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
         self.steps = 0
 
     @classmethod
