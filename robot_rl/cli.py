@@ -252,6 +252,8 @@ def evaluate(cmd: EvalCommand) -> None:
     if result.reached_rates():
         print("  reached (any step): " + ", ".join(f"{k} {v:.2f}" for k, v in result.reached_rates().items()))
         print("  failed episodes stopped before: " + ", ".join(f"{k} {n}" for k, n in result.stopped_at().items()))
+        undone = ", ".join(f"{k} {v:.2f}" for k, v in result.undone_rates().items())
+        print(f"  reached, then undone by the end: {undone}")
 
 
 @dataclass(frozen=True)

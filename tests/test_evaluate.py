@@ -105,6 +105,50 @@ def test_milestones_say_where_failed_episodes_stopped() -> None:
     assert result.summary()["eval/reached/bottom_open"] == 1 / 3
 
 
+class OpenThenPushShut:
+    """Opens the bottom drawer with the scripted skill, then pushes it shut again from in front of its face."""
+
+    def __init__(self, env: Any) -> None:
+        from sim_envs.scenes import DrawerScene
+        from sim_envs.skills import CLOSE, TRAVEL_Z, OpenBottomDrawer, SceneState, Skill, SkillChain, Waypoint
+
+        class PushBottomShut(Skill):
+            push_y = DrawerScene.CENTER_Y + 0.04  # beside the handle
+
+            def waypoint(self, s: SceneState) -> Waypoint | None:
+                face_x = DrawerScene.FRONT - 0.01 - s.bottom_drawer
+                shut = s.bottom_drawer < 0.03
+                targets = [(face_x - 0.035, TRAVEL_Z, 0.012), (face_x - 0.035, 0.05, 0.01)]
+                if self.phase < 2:
+                    x, z, tol = targets[self.phase]
+                    return Waypoint(np.array([x, self.push_y, z]), CLOSE, tol=tol)
+                if self.phase == 2:
+                    return Waypoint(np.array([DrawerScene.FRONT - 0.008, self.push_y, 0.05]), CLOSE, until=shut)
+                return None
+
+        self.env, self.skill = env, SkillChain("open_then_shut", [OpenBottomDrawer(), PushBottomShut()])
+
+    def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
+        return self.skill.act(self.env.unwrapped.scene_state()).astype(np.float32)
+
+
+def test_a_milestone_reached_and_then_undone_is_counted_as_undone() -> None:
+    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    env = make_env(cfg)
+    try:
+        undone = run_episode(env, OpenThenPushShut(env), EVAL_SEED, "closed", None)
+        kept = run_episode(env, OpenDrawerOnly(env), EVAL_SEED, "closed", None)
+    finally:
+        env.close()
+    assert undone.reached["bottom_open"] and not undone.final["bottom_open"]
+    assert kept.reached["bottom_open"] and kept.final["bottom_open"]
+    result = EvalResult("closed", [undone, kept], [])
+    assert result.undone_rates() == {"bottom_open": 0.5, "object_held": 0.0, "success": 0.0}
+    # Both stopped before the grasp: where an episode stopped does not tell the two apart, the undone rate does.
+    assert undone.stopped_at == kept.stopped_at == "object_held"
+    assert result.to_dict()["undone"] == result.undone_rates()
+
+
 def test_an_episode_that_loses_its_success_stopped_after_it() -> None:
     lost = EpisodeOutcome(0, False, True, 40, 3.0, {"picked": True, "success": True})
     kept = EpisodeOutcome(1, True, True, 40, 5.0, {"picked": True, "success": True})

@@ -64,6 +64,9 @@ class EpisodeOutcome:
     episode_return: float
     reached: dict[str, bool] = field(default_factory=dict)
     """Each milestone of the env's `info["milestones"]`, in task order: whether it held at any step."""
+    final: dict[str, bool] = field(default_factory=dict)
+    """Each milestone at the final step: a milestone reached but no longer holding was undone (a drawer opened and
+    pushed shut again, an object grasped and dropped)."""
 
     @property
     def stopped_at(self) -> str | None:
@@ -109,6 +112,13 @@ class EvalResult:
                 counts[e.stopped_at] += 1
         return {name: n for name, n in counts.items() if n or name != "success_lost"}
 
+    def undone_rates(self) -> dict[str, float]:
+        """Share of episodes that reached each milestone but no longer held it at the final step, in task order."""
+        return {
+            name: float(np.mean([e.reached.get(name, False) and not e.final.get(name, False) for e in self.episodes]))
+            for name in self.milestones()
+        }
+
     def summary(self) -> dict[str, float]:
         reached = {f"eval/reached/{name}": rate for name, rate in self.reached_rates().items()}
         return {
@@ -121,7 +131,8 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "initial_condition": self.initial_condition, "videos": self.videos,
-                "stopped_at": self.stopped_at(), "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
+                "stopped_at": self.stopped_at(), "undone": self.undone_rates(),
+                "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
 
 
 def make_env(cfg: EvalConfig) -> gym.Env[Any, Any]:
@@ -157,7 +168,8 @@ def run_episode(
         done = terminated or truncated
         if frames is not None and "image" in obs:
             frames.append(upscale(obs["image"], 192))
-    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached)
+    final = _milestones(info)
+    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached, final)
 
 
 def evaluate(
