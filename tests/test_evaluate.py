@@ -21,6 +21,8 @@ from robot_rl.train.evaluate import (
     make_env,
     run_episode,
 )
+from sim_envs.scenes import DrawerScene, SceneState
+from sim_envs.skills import CLOSE, TRAVEL_Z, OpenBottomDrawer, Skill, SkillChain, Waypoint
 
 PLACE = EvalConfig(
     env_id="robot_rl/PickPlace-v0",
@@ -72,23 +74,39 @@ def test_workers_give_the_same_outcomes_as_one_process() -> None:
     assert two.summary()["eval/success"] == one.success_rate
 
 
-class OpenDrawerOnly:
-    """Runs the scripted drawer-opening skill on the env's privileged scene state, then stays put."""
+class Scripted:
+    """Runs a scripted skill on the env's privileged scene state; once the skill is done, stays put."""
 
-    def __init__(self, env: Any) -> None:
-        from sim_envs.skills import OpenBottomDrawer
-
-        self.env, self.skill = env, OpenBottomDrawer()
+    def __init__(self, env: Any, skill: Skill) -> None:
+        self.env, self.skill = env, skill
 
     def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
         return self.skill.act(self.env.unwrapped.scene_state()).astype(np.float32)
+
+
+class PushBottomShut(Skill):
+    """From above, go down in front of the open bottom drawer's face, beside its handle, and push it shut."""
+
+    PUSH_Y = DrawerScene.CENTER_Y + 0.04
+
+    def waypoint(self, s: SceneState) -> Waypoint | None:
+        x = DrawerScene.FRONT - 0.045 - s.bottom_drawer  # 3.5 cm in front of the face
+        match self.phase:
+            case 0:
+                return Waypoint(np.array([x, self.PUSH_Y, TRAVEL_Z]), CLOSE, tol=0.012)
+            case 1:
+                return Waypoint(np.array([x, self.PUSH_Y, 0.05]), CLOSE, tol=0.01)
+            case 2:
+                push_to = np.array([DrawerScene.FRONT - 0.008, self.PUSH_Y, 0.05])
+                return Waypoint(push_to, CLOSE, until=s.bottom_drawer < 0.03)
+        return None
 
 
 def test_milestones_say_where_failed_episodes_stopped() -> None:
     cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
     env = make_env(cfg)
     try:
-        opened = run_episode(env, OpenDrawerOnly(env), EVAL_SEED, "closed", None)
+        opened = run_episode(env, Scripted(env, OpenBottomDrawer()), EVAL_SEED, "closed", None)
         idle = run_episode(env, ZeroPolicy(), EVAL_SEED + 1, "closed", None)
         blocked = run_episode(env, ZeroPolicy(), EVAL_SEED, "blocked", None)
     finally:
@@ -105,39 +123,13 @@ def test_milestones_say_where_failed_episodes_stopped() -> None:
     assert result.summary()["eval/reached/bottom_open"] == 1 / 3
 
 
-class OpenThenPushShut:
-    """Opens the bottom drawer with the scripted skill, then pushes it shut again from in front of its face."""
-
-    def __init__(self, env: Any) -> None:
-        from sim_envs.scenes import DrawerScene
-        from sim_envs.skills import CLOSE, TRAVEL_Z, OpenBottomDrawer, SceneState, Skill, SkillChain, Waypoint
-
-        class PushBottomShut(Skill):
-            push_y = DrawerScene.CENTER_Y + 0.04  # beside the handle
-
-            def waypoint(self, s: SceneState) -> Waypoint | None:
-                face_x = DrawerScene.FRONT - 0.01 - s.bottom_drawer
-                shut = s.bottom_drawer < 0.03
-                targets = [(face_x - 0.035, TRAVEL_Z, 0.012), (face_x - 0.035, 0.05, 0.01)]
-                if self.phase < 2:
-                    x, z, tol = targets[self.phase]
-                    return Waypoint(np.array([x, self.push_y, z]), CLOSE, tol=tol)
-                if self.phase == 2:
-                    return Waypoint(np.array([DrawerScene.FRONT - 0.008, self.push_y, 0.05]), CLOSE, until=shut)
-                return None
-
-        self.env, self.skill = env, SkillChain("open_then_shut", [OpenBottomDrawer(), PushBottomShut()])
-
-    def act(self, observation: dict[str, NDArray[Any]]) -> NDArray[np.float32]:
-        return self.skill.act(self.env.unwrapped.scene_state()).astype(np.float32)
-
-
 def test_a_milestone_reached_and_then_undone_is_counted_as_undone() -> None:
     cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
     env = make_env(cfg)
     try:
-        undone = run_episode(env, OpenThenPushShut(env), EVAL_SEED, "closed", None)
-        kept = run_episode(env, OpenDrawerOnly(env), EVAL_SEED, "closed", None)
+        open_then_shut = Scripted(env, SkillChain("open_then_shut", [OpenBottomDrawer(), PushBottomShut()]))
+        undone = run_episode(env, open_then_shut, EVAL_SEED, "closed", None)
+        kept = run_episode(env, Scripted(env, OpenBottomDrawer()), EVAL_SEED, "closed", None)
     finally:
         env.close()
     assert undone.reached["bottom_open"] and not undone.final["bottom_open"]
