@@ -111,6 +111,14 @@ def test_max_pool_without_gradient_equals_max_pool2d(shape: tuple[int, ...], cha
     assert leaf.grad is not None and torch.equal(leaf.grad, reference.grad)
 
 
+def test_max_pool_refuses_an_input_too_small_to_pool() -> None:
+    with torch.no_grad(), pytest.raises(ValueError, match=r"at least 2x2, got \(1, 5\)"):
+        MaxPool2x2()(torch.zeros(1, 2, 1, 5))
+    # An image too small for the encoder's pooling is refused when the encoder is built.
+    with pytest.raises(ValueError, match="at least 2x2"):
+        EnsembleConvEncoder(2, (3, 3, 3), SMALL_CONV)
+
+
 def test_conv_encoder_gives_the_same_features_with_and_without_gradient() -> None:
     encoder = EnsembleConvEncoder(2, IMAGE, SMALL_CONV)  # odd sizes after pooling: 12x10 -> 6x5 -> 3x2
     image, _ = observation(3)

@@ -50,6 +50,8 @@ class MaxPool2x2(nn.MaxPool2d):
         if torch.is_grad_enabled() and x.requires_grad:
             return F.max_pool2d(x, 2)
         h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2  # odd sizes drop their last row/column, as MaxPool2d
+        if h == 0 or w == 0:
+            raise ValueError(f"2x2 max pooling needs inputs of at least 2x2, got {tuple(x.shape[-2:])}")
         x = x[..., :h, :w]
         top = torch.maximum(x[..., 0::2, 0::2], x[..., 0::2, 1::2])
         bottom = torch.maximum(x[..., 1::2, 0::2], x[..., 1::2, 1::2])
