@@ -236,6 +236,20 @@ def test_training_with_success_terminal_feeds_shaped_batches(
         train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"), ("steps", -5, "steps must be >= 1, got -5"),
+     ("task_fraction", 1.5, "task_fraction must be in"), ("eval_episodes", -1, "eval_episodes must be >= 0")],
+)  # fmt: skip
+def test_a_config_that_cannot_run_is_refused_before_the_run_folder_exists(
+    datasets: dict[str, Path], tmp_path: Path, field: str, value: float, message: str
+) -> None:
+    """A zero checkpoint interval used to fail with ZeroDivisionError at the first logged step."""
+    with pytest.raises(TrainingError, match=message):
+        train_offline(config(datasets, tmp_path / "bad", **{field: value}))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_extending_a_finished_run_gives_the_longer_run(datasets: dict[str, Path], tmp_path: Path) -> None:
     """`robot-rl train --resume RUN --extend-to N` trains a finished run on to N steps, as if N had been its budget,
     and records the new budget; a budget that does not grow, or --extend-to without --resume, is refused."""

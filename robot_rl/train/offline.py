@@ -189,13 +189,26 @@ def _check_batch(batch: Batch, step: int) -> None:
             raise TrainingError(f"non-finite {name} in the batch of step {step}")
 
 
+def check_config(cfg: OfflineConfig) -> None:
+    """Refuse a config that cannot run, before anything is written, naming the field."""
+    if not (math.isfinite(cfg.reward_scale) and cfg.reward_scale > 0):
+        raise TrainingError(f"reward_scale must be a finite number > 0, got {cfg.reward_scale}")
+    if not 0.0 <= cfg.task_fraction <= 1.0:
+        raise TrainingError(f"task_fraction must be in [0, 1], got {cfg.task_fraction}")
+    at_least = {"steps": 1, "batch_size": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1, "eval_workers": 1}
+    at_least |= {"eval_every": 0, "eval_episodes": 0, "eval_videos": 0, "augment_pad": 0}
+    for name, low in at_least.items():
+        value = getattr(cfg, name)
+        if value < low:
+            raise TrainingError(f"{name} must be >= {low}, got {value}")
+
+
 def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
     """Train, evaluating and checkpointing as configured; returns the run folder. `resume` continues a run."""
     from robot_rl.checkpoints import export_policy, load_learner, save_learner
     from robot_rl.policy import Policy
 
-    if not (math.isfinite(cfg.reward_scale) and cfg.reward_scale > 0):
-        raise TrainingError(f"reward_scale must be a finite number > 0, got {cfg.reward_scale}")
+    check_config(cfg)
     torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
