@@ -263,7 +263,11 @@ class ExperimentCommand:
     config: tyro.conf.Positional[Path]
     """Experiment file, e.g. experiments/cog-state.yaml."""
     workers: int | None = None
-    """Runs in parallel (default: the file's `workers`)."""
+    """Runs in parallel (default: the file's `workers`); with more than one, each run trains with one thread unless
+    the file or `--threads` says otherwise."""
+    threads: int | None = None
+    """torch threads of every run, over the file (e.g. 1 when the grid shares the machine with other work). Thread
+    counts may change between a run's start and its resumption."""
     collect_workers: int | None = None
     """Worker processes for collecting missing datasets (default: one per core)."""
     report: bool = True
@@ -276,14 +280,10 @@ class ExperimentCommand:
 
 
 def experiment(cmd: ExperimentCommand) -> Path:
-    import dataclasses
-
     from robot_rl.experiment import describe, ensure_datasets, load_experiment, run_experiment, select
     from robot_rl.report import write_report
 
-    exp = select(load_experiment(cmd.config), cmd.only)
-    if cmd.workers is not None:
-        exp = dataclasses.replace(exp, workers=cmd.workers)
+    exp = select(load_experiment(cmd.config, workers=cmd.workers, threads=cmd.threads), cmd.only)
     print(describe(exp))
     if cmd.dry_run:
         for cell in exp.cells:

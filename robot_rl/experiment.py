@@ -37,6 +37,8 @@ import yaml
 from robot_rl.runs import _jsonable, config_from_dict, software_versions
 from robot_rl.train.offline import OfflineConfig, train_offline, train_result
 
+EXECUTION_FIELDS = {"threads", "eval_workers", "progress"}
+"""Run settings that say how a run uses the machine, not what it computes: a run may resume with others."""
 EXPERIMENT_KEYS = {"name", "out", "scale", "seeds", "workers", "base", "tasks", "methods", "datasets_root"}
 TASK_KEYS = {"task", "prior", "config"}
 
@@ -92,8 +94,14 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def load_experiment(path: Path, recipes_dir: Path = Path("datasets/recipes")) -> Experiment:
-    """Read and check an experiment file: every run's config is built (and type-checked) here, before any work."""
+def load_experiment(
+    path: Path, recipes_dir: Path = Path("datasets/recipes"), workers: int | None = None, threads: int | None = None
+) -> Experiment:
+    """Read and check an experiment file: every run's config is built (and type-checked) here, before any work.
+
+    `workers` replaces the file's; `threads` sets every run's torch threads, over the file (for a grid that shares
+    the machine with other work). With more than one worker, runs the file gives no `threads` train with one
+    thread and evaluate in one process."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -110,7 +118,7 @@ def load_experiment(path: Path, recipes_dir: Path = Path("datasets/recipes")) ->
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
-    workers = raw.get("workers", 1)
+    workers = raw.get("workers", 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ExperimentError(f"{path}: workers must be an integer >= 1, got {workers!r}")
     out = Path(raw.get("out", f"runs/experiments/{name}"))
@@ -118,6 +126,10 @@ def load_experiment(path: Path, recipes_dir: Path = Path("datasets/recipes")) ->
     base = _mapping(raw.get("base"), f"{path}: base")
     if workers > 1:  # runs share the cores: one thread and one evaluation process each, unless the file says
         base = _merge({"threads": 1, "eval_workers": 1}, base)
+    if threads is not None:
+        if threads < 1:
+            raise ExperimentError(f"threads must be >= 1, got {threads}")
+        base = _merge(base, {"threads": threads})
     tasks, methods = _mapping(raw["tasks"], f"{path}: tasks"), _mapping(raw["methods"], f"{path}: methods")
     if not tasks or not methods:
         raise ExperimentError(f"{path}: tasks and methods must not be empty")
@@ -176,7 +188,8 @@ def cell_status(cell: Cell) -> str:
             f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
         ) from e
     wanted = _jsonable(cell.config)
-    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    keys = (set(recorded) | set(wanted)) - EXECUTION_FIELDS
+    changed = sorted(k for k in keys if recorded.get(k) != wanted.get(k))
     if changed == ["steps"] and recorded["steps"] < cell.config.steps and (run / "checkpoints" / "latest").exists():
         return "partial"  # the budget grew: the run trains on from its last checkpoint (training ignores the budget)
     if changed:

@@ -16,7 +16,7 @@ from robot_rl.experiment import ExperimentError, cell_status, describe, load_exp
 from robot_rl.report import find_runs, mean_se, write_report
 from robot_rl.runs import write_run_record
 from robot_rl.train.logger import read_metrics
-from robot_rl.train.offline import train_offline
+from robot_rl.train.offline import OfflineConfig, train_offline
 from sim_envs.collect import SCALES, collect, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
@@ -70,6 +70,23 @@ def test_grid_is_expanded_with_merged_configs(datasets: dict[str, Path], tmp_pat
     assert cog.out == tmp_path / "out" / "closed_drawer" / "cog" / "seed1"
     # With parallel runs each trains on one thread and evaluates in one process (the file did not say otherwise).
     assert cog.threads == 1 and cog.eval_workers == 1
+
+
+def test_workers_and_threads_from_the_command_line_set_each_runs_threads(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--workers 2` on a file written for one worker must not put two 2-thread runs on a 2-core machine."""
+    base = {"observation": "state", "steps": 6}
+    path = write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", workers=1, base=base)
+    assert {c.config.threads for c in load_experiment(path).cells} == {OfflineConfig.threads}
+    parallel = load_experiment(path, workers=2)
+    assert parallel.workers == 2 and {(c.config.threads, c.config.eval_workers) for c in parallel.cells} == {(1, 1)}
+    assert {c.config.threads for c in load_experiment(path, threads=1).cells} == {1}
+    pinned = write_experiment(tmp_path / "p.yaml", datasets, tmp_path / "out", workers=2, base={**base, "threads": 2})
+    assert {c.config.threads for c in load_experiment(pinned).cells} == {2}  # the file's own setting stands
+    assert {c.config.threads for c in load_experiment(pinned, threads=1).cells} == {1}  # the command line's wins
+    with pytest.raises(ExperimentError, match="threads must be >= 1"):
+        load_experiment(path, threads=0)
 
 
 @pytest.mark.parametrize(
@@ -177,6 +194,9 @@ def test_a_changed_config_is_refused_not_mixed(datasets: dict[str, Path], tmp_pa
                                "batch_size": 4}, "bc_all": {"algo": "bc"}})  # fmt: skip
     with pytest.raises(ExperimentError, match=r"different config .*batch_size"):
         run_experiment(load_experiment(changed))
+    # How a run uses the machine is not part of what it computes: it may resume with another thread count.
+    rethreaded = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0]), threads=2)
+    assert cell_status(rethreaded.cells[0]) == "done"
 
 
 def test_a_larger_budget_continues_finished_runs_and_a_smaller_one_is_refused(
