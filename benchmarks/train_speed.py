@@ -7,6 +7,10 @@ for the conservative term, batch 256 and 64. Each setting: a fresh agent, `--war
 replay not). CPU runs use `--threads` torch threads (default 2, this machine's cores; stated in the JSON); on CUDA,
 steps are timed with synchronisation. Peak memory: CUDA's max allocated, or the process's peak RSS on CPU.
 
+The work of an update is counted too (multiply-accumulates in matrix products and convolutions, torch's FLOP
+counter), with the rate of one large matrix product on the same device and threads: `..._steps_per_s_at_matmul_peak`
+is the rate an update would reach if all of its work ran that fast, a ceiling for a given architecture and device.
+
     python benchmarks/train_speed.py [--out FILE.json] [--threads 2] [--device cpu|cuda] [--steps 3]
 """
 
@@ -74,6 +78,34 @@ def measure(device: torch.device, batch_size: int, k: int, steps: int, repeats: 
     return statistics.median(rates)
 
 
+def update_gmac(device: torch.device, batch_size: int, k: int) -> float:
+    """Multiply-accumulates of one update in matrix products and convolutions (torch's FLOP counter), in 1e9."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    agent = CQL(CQLConfig(sampled_actions=k), IMAGE, STATE_DIM, ACTION_DIM, device=device)
+    batch = to_torch(synthetic_batch(batch_size), device, augment_pad=4, generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
+    return counter.get_total_flops() / 2e9
+
+
+def matmul_peak_gmac_per_s(device: torch.device, repeats: int = 20) -> float:
+    """The rate of one large fp32 matrix product shaped like the critics' first layer at batch 2 x 256 (512 x 2304
+    times 2304 x 1024): what this device reaches on the work that dominates an update."""
+    a, b = torch.randn(512, 2304, device=device), torch.randn(2304, 1024, device=device)
+    times = []
+    for i in range(repeats + 3):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return 512 * 2304 * 1024 / statistics.median(times) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_speed.json"))
@@ -94,10 +126,18 @@ def main() -> None:
         "policy_params": sum(p.numel() for p in agent.actor.parameters()),
     }
     del agent
+    peak = matmul_peak_gmac_per_s(device)
+    results["matmul_peak_gmac_per_s"] = round(peak, 1)
     for k in (1, 10):
         for batch_size in (256, 64):
             rate = measure(device, batch_size, k, args.steps, args.repeats, args.warmup)
             results[f"cql_batch{batch_size}_k{k}_steps_per_s"] = round(rate, 3)
+            gmac = update_gmac(device, batch_size, k)
+            results[f"cql_batch{batch_size}_k{k}_gmac_per_step"] = round(gmac, 2)
+            results[f"cql_batch{batch_size}_k{k}_gmac_per_s"] = round(gmac * rate, 1)
+            # Were every multiply-accumulate as fast as the big matrix product (pooling, activations and the
+            # optimiser free), an update could not go faster than this.
+            results[f"cql_batch{batch_size}_k{k}_steps_per_s_at_matmul_peak"] = round(peak / gmac, 2)
             ref = REFERENCE.get(f"cog_batch{batch_size}_k{k}")
             if ref:
                 results[f"cql_batch{batch_size}_k{k}_vs_cog"] = round(rate / ref, 2)
