@@ -126,10 +126,8 @@ def load_experiment(
     base = _mapping(raw.get("base"), f"{path}: base")
     if workers > 1:  # runs share the cores: one thread and one evaluation process each, unless the file says
         base = _merge({"threads": 1, "eval_workers": 1}, base)
-    if threads is not None:
-        if threads < 1:
-            raise ExperimentError(f"threads must be >= 1, got {threads}")
-        base = _merge(base, {"threads": threads})
+    if threads is not None and threads < 1:
+        raise ExperimentError(f"threads must be >= 1, got {threads}")
     tasks, methods = _mapping(raw["tasks"], f"{path}: tasks"), _mapping(raw["methods"], f"{path}: methods")
     if not tasks or not methods:
         raise ExperimentError(f"{path}: tasks and methods must not be empty")
@@ -163,6 +161,8 @@ def load_experiment(
             for seed in seeds:
                 merged = _merge(_merge(_merge(base, task_config), method_config), data)
                 merged.update(seed=seed, out=str(out / task_name / method_name / f"seed{seed}"), progress=False)
+                if threads is not None:  # the command line's, over the file's at every level
+                    merged["threads"] = threads
                 label = f"{path}: {task_name}/{method_name}/seed{seed}"
                 try:
                     config = config_from_dict(OfflineConfig, merged, label)

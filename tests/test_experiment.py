@@ -85,6 +85,9 @@ def test_workers_and_threads_from_the_command_line_set_each_runs_threads(
     pinned = write_experiment(tmp_path / "p.yaml", datasets, tmp_path / "out", workers=2, base={**base, "threads": 2})
     assert {c.config.threads for c in load_experiment(pinned).cells} == {2}  # the file's own setting stands
     assert {c.config.threads for c in load_experiment(pinned, threads=1).cells} == {1}  # the command line's wins
+    per_method = write_experiment(tmp_path / "m.yaml", datasets, tmp_path / "out", methods={"cog": {"algo": "cog",
+                                  "threads": 2}})  # fmt: skip
+    assert {c.config.threads for c in load_experiment(per_method, threads=1).cells} == {1}  # over a method's too
     with pytest.raises(ExperimentError, match="threads must be >= 1"):
         load_experiment(path, threads=0)
 

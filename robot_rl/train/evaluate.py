@@ -155,7 +155,8 @@ def run_episode(
     """One episode from `condition`, reset with `seed`; appends camera frames to `frames` if given."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})
     ever, total, steps, done = bool(info.get("success", False)), 0.0, 0, False
-    reached = _milestones(info)
+    current = _milestones(info)  # the milestones at the latest step
+    reached = dict(current)
     if frames is not None and "image" in obs:
         frames.append(upscale(obs["image"], 192))
     while not done:
@@ -163,13 +164,13 @@ def run_episode(
         total += float(reward)
         steps += 1
         ever = ever or bool(info.get("success", False))
-        for name, hit in _milestones(info).items():
+        current = _milestones(info)
+        for name, hit in current.items():
             reached[name] = reached.get(name, False) or hit
         done = terminated or truncated
         if frames is not None and "image" in obs:
             frames.append(upscale(obs["image"], 192))
-    final = _milestones(info)
-    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached, final)
+    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached, current)
 
 
 def evaluate(
