@@ -135,15 +135,22 @@ class DrawerScene:
     """Table, cabinet with a top and a bottom drawer, an object in the bottom drawer, optionally a blocking object.
 
     Initial conditions: `open` (bottom drawer open), `closed`, `blocked` (top drawer open above the bottom
-    drawer's handle), `blocked_by_object` (an object standing in the gap behind the bottom drawer's handle).
-    Task: grasp the object and lift it out of the drawer. The privileged state reports the blocker at the parked
-    position `PARKED` in episodes it is not part of.
+    drawer's handle), `blocked_by_object` (an object standing in the gap behind the bottom drawer's handle), and
+    `open_blocker_aside` and `closed_blocker_aside`: the blocking object stands on the table where `remove_blocker`
+    sets it down, so data recorded after its removal and data starting from these conditions show the same scenes
+    (skill stitching needs that overlap). Task: grasp the object and lift it out of the drawer. In the other
+    conditions the blocker leaves the scene and the privileged state reports it at the parked position `PARKED`.
     """
 
     name = "drawer"
     task = "grasp the object from the bottom drawer and hold it above the drawer"
-    initial_conditions: tuple[str, ...] = ("open", "closed", "blocked", "blocked_by_object")
-    horizons: dict[str, int] = {"open": 50, "closed": 50, "blocked": 80, "blocked_by_object": 80}
+    initial_conditions: tuple[str, ...] = (
+        "open", "closed", "blocked", "blocked_by_object", "open_blocker_aside", "closed_blocker_aside",
+    )  # fmt: skip
+    horizons: dict[str, int] = {
+        "open": 50, "closed": 50, "blocked": 80, "blocked_by_object": 80,
+        "open_blocker_aside": 50, "closed_blocker_aside": 50,
+    }  # fmt: skip
     camera = CameraConfig(eye=(0.1, -0.3, 0.34), target=(0.3, 0.05, 0.05), fov_deg=45.0)
     privileged_names: tuple[str, ...] = (
         "object_x", "object_y", "object_z", "object_qx", "object_qy", "object_qz", "object_qw",
@@ -168,6 +175,10 @@ class DrawerScene:
     # pressing on its top worked it loose in 5 of 30 episodes; at 0.5 kg in none (measured), and grasps still hold.
     BLOCKER_HALF = (0.014, 0.029, 0.0425)
     BLOCKER_MASS = 0.5
+    # Where `remove_blocker` sets the blocker down (x, y), and the spread of the `*_blocker_aside` conditions around
+    # it: the scripted removal with action noise 0.1 leaves it within about 2 cm of the spot.
+    BLOCKER_ASIDE = (0.2, -0.12)
+    BLOCKER_ASIDE_SPREAD = 0.02
 
     def build(self, client: BulletClient) -> None:
         table = _build_table(client)
@@ -192,9 +203,9 @@ class DrawerScene:
     def reset(self, client: BulletClient, arm: Arm, rng: np.random.Generator, condition: str) -> None:
         bottom, top = 0.0, 0.0
         match condition:
-            case "open":
+            case "open" | "open_blocker_aside":
                 bottom = rng.uniform(0.12, self.DRAWER_TRAVEL)
-            case "closed":
+            case "closed" | "closed_blocker_aside":
                 pass
             case "blocked":
                 top = rng.uniform(0.12, self.DRAWER_TRAVEL)
@@ -208,16 +219,20 @@ class DrawerScene:
         local_x = 0.035 + rng.uniform(-0.005, 0.005)
         obj = (self.FRONT - bottom + local_x, self.CENTER_Y + rng.uniform(-0.025, 0.025), 0.017 + self.OBJECT_HALF)
         client.resetBasePositionAndOrientation(self.object, obj, _quat_yaw(rng.uniform(-0.3, 0.3)))
+        blocker_yaw = 0.0
         if condition == "blocked_by_object":
             blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.004, 0.004), self.BLOCKER_HALF[2])
+        elif condition.endswith("_blocker_aside"):
+            x, y = np.asarray(self.BLOCKER_ASIDE) + rng.uniform(-1, 1, 2) * self.BLOCKER_ASIDE_SPREAD
+            blocker, blocker_yaw = (float(x), float(y), self.BLOCKER_HALF[2]), float(rng.uniform(-0.3, 0.3))
         else:
             blocker = (*PARKED, self.BLOCKER_HALF[2])
         # Outside `blocked_by_object` the blocker leaves the scene: without collisions it falls away, out of view
         # behind the camera. Resting on the table it cost a fifth of every physics step (measured); making it static
         # instead (mass 0, then back) left pybullet in a state that changed later episodes, so its mass stays.
-        self.blocker_present = condition == "blocked_by_object"
+        self.blocker_present = condition == "blocked_by_object" or condition.endswith("_blocker_aside")
         client.setCollisionFilterGroupMask(self.blocker, -1, int(self.blocker_present), -int(self.blocker_present))
-        client.resetBasePositionAndOrientation(self.blocker, blocker, (0, 0, 0, 1))
+        client.resetBasePositionAndOrientation(self.blocker, blocker, _quat_yaw(blocker_yaw))
         tcp = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2))
         arm.reset(tcp, 0.0, gripper_closed=False)
 

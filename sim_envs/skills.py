@@ -157,7 +157,7 @@ class RemoveBlocker(Skill):
     """Grasp the object standing behind the bottom drawer's handle, lift it out, set it down aside, let go."""
 
     name = "remove_blocker"
-    ASIDE = (0.2, -0.12)
+    ASIDE = D.BLOCKER_ASIDE
 
     def waypoint(self, s: SceneState) -> Waypoint | None:
         b = s.blocker_pos

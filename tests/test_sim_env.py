@@ -310,6 +310,24 @@ def test_blocked_by_object_condition_has_blocker_in_front_of_bottom_drawer(
     assert s.top_drawer == pytest.approx(0.0, abs=0.005)
 
 
+@pytest.mark.parametrize("condition", ["open_blocker_aside", "closed_blocker_aside"])
+def test_blocker_aside_conditions_stand_the_blocker_on_the_table_out_of_the_way(
+    drawer_env: ManipulationEnv, condition: str
+) -> None:
+    positions = []
+    for seed in SEEDS:
+        obs = reset_to(drawer_env, seed, condition)
+        s = drawer_env.scene_state()
+        assert drawer_env.scene.blocker_clear(s)
+        assert not s.blocker_held
+        assert s.blocker_pos[2] == pytest.approx(D.BLOCKER_HALF[2], abs=0.003)  # upright on the table
+        assert np.abs(s.blocker_pos[:2] - D.BLOCKER_ASIDE).max() <= D.BLOCKER_ASIDE_SPREAD + 0.002
+        np.testing.assert_allclose(obs["privileged"][-3:], s.blocker_pos, atol=1e-6)  # reported where it stands
+        assert drawer_env.scene.bottom_open(s) == (condition == "open_blocker_aside")
+        positions.append(s.blocker_pos[:2])
+    assert np.ptp(np.array(positions), axis=0).min() > 0.005  # spread, not one spot
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_in_gripper_condition_holds_object_under_a_closed_gripper(pick_place_env: ManipulationEnv, seed: int) -> None:
     reset_to(pick_place_env, seed, "in_gripper")

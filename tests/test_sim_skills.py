@@ -158,3 +158,17 @@ def test_suboptimal_actions_make_open_then_grasp_fail(envs: dict[str, Manipulati
     results = [run_skill_episode(envs["drawer"], "open_then_grasp", seed=seed, suboptimal_prob=1.0) for seed in SEEDS]
     successes = sum(result.success for result in results)
     assert successes <= 1, f"{successes}/{len(SEEDS)} succeeded with random motion on every step"
+
+
+def test_a_removed_blocker_stands_where_the_blocker_aside_conditions_put_it(envs: dict[str, ManipulationEnv]) -> None:
+    """The blocked-by-object data chains removal into opening and grasping: the scenes must meet (issue 5)."""
+    env = envs["drawer"]
+    for seed in SEEDS:
+        result = run_skill_episode(env, "remove_blocker", seed=seed)
+        assert result.success, seed
+        s = env.scene_state()
+        assert np.abs(s.blocker_pos[:2] - DrawerScene.BLOCKER_ASIDE).max() < DrawerScene.BLOCKER_ASIDE_SPREAD, seed
+    aside_starts = [("open_bottom_drawer", "closed_blocker_aside"), ("grasp_from_drawer", "open_blocker_aside")]
+    for skill, condition in aside_starts:
+        successes = [run_skill_episode(env, skill, seed=seed, initial_condition=condition).success for seed in SEEDS]
+        assert sum(successes) >= 4, (skill, successes)
