@@ -11,6 +11,7 @@ already there, so an interrupted collection resumes and loses at most the episod
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import multiprocessing
 import shutil
@@ -26,6 +27,8 @@ import yaml
 from tqdm import tqdm
 
 from robot_rl.data.episodes import (
+    DATA_DIR,
+    METADATA_FILE,
     SHARD_DIR,
     DatasetError,
     DatasetInfo,
@@ -33,6 +36,7 @@ from robot_rl.data.episodes import (
     EpisodeRecord,
     dataset_dir,
     finished_indices,
+    read_info,
     read_shard,
     shard_path,
     write_minari_dataset,
@@ -227,7 +231,18 @@ def collect(
     name = recipe.dataset_name(scale)
     folder = dataset_dir(root, name)
     shard_dir = folder / SHARD_DIR
+    wanted = json.loads(json.dumps(recipe.to_dict()))  # as JSON keeps it, to compare with what was recorded
+    if (folder / DATA_DIR / METADATA_FILE).is_file() and not shard_dir.exists():
+        # Already collected: keep it. Never overwrite a finished dataset, least of all from another recipe.
+        _check_same_recipe(read_info(folder)[0].recipe, wanted, f"{folder} holds a finished dataset")
+        report = validate_dataset(folder)
+        return CollectionResult(folder, report.episodes, report.transitions, 0, 0.0)
     shard_dir.mkdir(parents=True, exist_ok=True)
+    recorded = shard_dir / RECIPE_FILE
+    if recorded.is_file():  # resuming: the episodes already there must come from the same recipe
+        _check_same_recipe(json.loads(recorded.read_text()), wanted, f"{shard_dir} holds episodes")
+    elif not finished_indices(shard_dir):
+        recorded.write_text(json.dumps(wanted, indent=1))
     for stale in shard_dir.glob("*.tmp"):  # writes cut off by an interruption
         stale.unlink()
     done = finished_indices(shard_dir)
@@ -262,6 +277,19 @@ def collect(
     report = validate_dataset(folder)
     shutil.rmtree(shard_dir)  # everything is in the validated dataset now
     return CollectionResult(folder, report.episodes, report.transitions, len(todo), seconds)
+
+
+RECIPE_FILE = "recipe.json"
+"""The recipe of a collection in progress, kept with its shards so that a resume cannot mix two recipes."""
+
+
+def _check_same_recipe(recorded: dict[str, Any], wanted: dict[str, Any], what: str) -> None:
+    differing = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
+    if differing:
+        raise DatasetError(
+            f"{what} collected from another recipe (it differs in {', '.join(differing)}); nothing was changed. "
+            "Move that folder away, or collect into another --root, to collect this recipe."
+        )
 
 
 def _run_workers(

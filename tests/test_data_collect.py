@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -17,10 +18,18 @@ import pytest
 import yaml
 
 from robot_rl.cli import main
-from robot_rl.data.episodes import DATA_DIR, MAIN_FILE, SHARD_DIR, DatasetError, finished_indices, read_info
+from robot_rl.data.episodes import (
+    DATA_DIR,
+    MAIN_FILE,
+    SHARD_DIR,
+    DatasetError,
+    dataset_dir,
+    finished_indices,
+    read_info,
+)
 from robot_rl.data.inspect import dataset_stats
 from robot_rl.data.validate import check_compatible, validate_dataset
-from sim_envs.collect import SCALES, Recipe, _worker, collect, load_recipe
+from sim_envs.collect import RECIPE_FILE, SCALES, Recipe, _worker, collect, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "datasets" / "recipes"
@@ -123,6 +132,41 @@ def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path
     assert_same_dataset(collected, folder)
 
 
+def test_collecting_a_finished_dataset_again_keeps_it(tmp_path: Path, prior_recipe: Recipe) -> None:
+    first = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
+    data = first.folder / DATA_DIR / MAIN_FILE
+    before = (data.stat().st_mtime_ns, data.read_bytes())
+    again = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
+    assert (again.collected_now, again.episodes, again.transitions) == (0, first.episodes, first.transitions)
+    assert (data.stat().st_mtime_ns, data.read_bytes()) == before
+
+
+def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: Path, prior_recipe: Recipe) -> None:
+    folder = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).folder
+    data = folder / DATA_DIR / MAIN_FILE
+    before = data.read_bytes()
+    changed = dataclasses.replace(prior_recipe, noise=0.2)
+    with pytest.raises(DatasetError, match=r"finished dataset collected from another recipe \(it differs in noise\)"):
+        collect(changed, "smoke", tmp_path, workers=1, progress=False)
+    assert data.read_bytes() == before
+
+    # Part-way through a collection (shards on disk), a changed recipe is refused too, and the shards stay.
+    root = tmp_path / "partial"
+    shard_dir = dataset_dir(root, prior_recipe.dataset_name("smoke")) / SHARD_DIR
+    shard_dir.mkdir(parents=True)
+    (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(prior_recipe.to_dict()))))
+
+    class Sink:
+        def put(self, _: int) -> None:
+            pass
+
+    _worker(prior_recipe, [0, 1], shard_dir, Sink())
+    with pytest.raises(DatasetError, match=r"holds episodes collected from another recipe \(it differs in noise\)"):
+        collect(changed, "smoke", root, workers=1, progress=False)
+    assert finished_indices(shard_dir) == {0, 1}
+    assert collect(prior_recipe, "smoke", root, workers=1, progress=False).collected_now == 3
+
+
 def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, prior_recipe: Recipe) -> None:
     shard_dir = tmp_path / "drawer-closed-prior-smoke-v0" / SHARD_DIR
     shard_dir.mkdir(parents=True)
@@ -201,7 +245,7 @@ def test_broken_episode_boundaries_and_shapes_are_reported(tmp_path: Path, colle
 def test_datasets_that_differ_cannot_be_combined(tmp_path: Path, collected: Path) -> None:
     pick = collect(tiny(load_recipe(RECIPES / "pickplace-task.yaml"), 2), "smoke", tmp_path, 1, False).folder
     big = dataclasses.replace(tiny(load_recipe(RECIPES / "drawer-closed-task.yaml"), 2), env_kwargs={"image_size": 64})
-    big_images = collect(big, "smoke", tmp_path, 1, False).folder
+    big_images = collect(big, "smoke", tmp_path / "big", 1, False).folder  # same name, another recipe: own root
     infos = [read_info(p)[0] for p in (collected, pick, big_images)]
     check_compatible([infos[0], infos[0]], [collected, collected])
     with pytest.raises(DatasetError, match="scene differ"):
