@@ -11,6 +11,7 @@ import cv2
 import pytest
 
 from robot_rl.cli import main
+from sim_envs.scenes import DrawerScene, PickPlaceScene
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,9 @@ def test_gallery_writes_grid_videos_and_record(tmp_path: Path) -> None:
 
     grid = cv2.imread(str(out / "scenes_grid.png"))
     assert grid is not None
-    assert grid.shape == (6 * 192, 2 * 192, 3)  # 4 drawer + 2 pick-place conditions, 2 seeds
+    rows = len(DrawerScene.initial_conditions) + len(PickPlaceScene.initial_conditions)
+    assert rows == 8  # 6 drawer + 2 pick-place conditions
+    assert grid.shape == (rows * 192, 2 * 192, 3)  # a row per condition, a column per seed
 
     summary = json.loads((out / "skills.json").read_text())
     assert sorted(summary) == sorted(skills)
