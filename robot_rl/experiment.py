@@ -253,15 +253,15 @@ def select(experiment: Experiment, names: Sequence[str]) -> Experiment:
 
 
 def ensure_datasets(experiment: Experiment, workers: int | None = None, progress: bool = True) -> list[Path]:
-    """Collect every dataset the experiment names by recipe and that does not exist yet (resumable too)."""
+    """Collect every dataset the experiment names by recipe and that does not exist yet (resumable too); returns
+    those collected now. A dataset already there is kept, and refused if its recipe has changed since."""
     from sim_envs.collect import collect, load_recipe
 
     made = []
-    for folder, recipe_path in experiment.recipes.items():
-        if (Path(folder) / "data" / "main_data.hdf5").exists():
-            continue
-        recipe = load_recipe(recipe_path)
-        made.append(collect(recipe, experiment.scale, experiment.datasets_root, workers, progress).folder)
+    for recipe_path in experiment.recipes.values():
+        result = collect(load_recipe(recipe_path), experiment.scale, experiment.datasets_root, workers, progress)
+        if result.collected_now:
+            made.append(result.folder)
     return made
 
 

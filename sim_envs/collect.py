@@ -46,6 +46,9 @@ from sim_envs import ENV_IDS
 from sim_envs.env import ManipulationEnv
 from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill
 
+RECIPE_FILE = "recipe.json"
+"""The recipe of a collection in progress, kept with its shards so that a resume cannot mix two recipes."""
+
 SCALES = ("smoke", "small", "medium", "paper")
 KINDS = ("prior", "task")
 
@@ -233,10 +236,11 @@ def collect(
     shard_dir = folder / SHARD_DIR
     wanted = json.loads(json.dumps(recipe.to_dict()))  # as JSON keeps it, to compare with what was recorded
     if (folder / DATA_DIR / METADATA_FILE).is_file() and not shard_dir.exists():
-        # Already collected: keep it. Never overwrite a finished dataset, least of all from another recipe.
-        _check_same_recipe(read_info(folder)[0].recipe, wanted, f"{folder} holds a finished dataset")
-        report = validate_dataset(folder)
-        return CollectionResult(folder, report.episodes, report.transitions, 0, 0.0)
+        # Already collected (and validated then): keep it. Never overwrite a finished dataset, least of all from
+        # another recipe. Its counts come from its metadata; validating it again would read every episode.
+        info, metadata = read_info(folder)
+        _check_same_recipe(info.recipe, wanted, f"{folder} holds a finished dataset")
+        return CollectionResult(folder, int(metadata["total_episodes"]), int(metadata["total_steps"]), 0, 0.0)
     shard_dir.mkdir(parents=True, exist_ok=True)
     recorded = shard_dir / RECIPE_FILE
     if recorded.is_file():  # resuming: the episodes already there must come from the same recipe
@@ -277,10 +281,6 @@ def collect(
     report = validate_dataset(folder)
     shutil.rmtree(shard_dir)  # everything is in the validated dataset now
     return CollectionResult(folder, report.episodes, report.transitions, len(todo), seconds)
-
-
-RECIPE_FILE = "recipe.json"
-"""The recipe of a collection in progress, kept with its shards so that a resume cannot mix two recipes."""
 
 
 def _check_same_recipe(recorded: dict[str, Any], wanted: dict[str, Any], what: str) -> None:

@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 import yaml
 
-from robot_rl.experiment import ExperimentError, cell_status, describe, load_experiment, run_experiment, select
+from robot_rl.data.episodes import DatasetError
+from robot_rl.experiment import (
+    ExperimentError,
+    cell_status,
+    describe,
+    ensure_datasets,
+    load_experiment,
+    run_experiment,
+    select,
+)
 from robot_rl.report import find_runs, mean_se, write_report
 from robot_rl.runs import write_run_record
 from robot_rl.train.logger import read_metrics
@@ -118,6 +127,31 @@ def test_recipe_names_resolve_to_dataset_folders_of_the_scale(datasets: dict[str
     exp = load_experiment(path, recipes_dir=RECIPES)
     assert exp.cells[0].config.task == tmp_path / "d" / "drawer-closed-task-smoke-v0"
     assert set(exp.recipes.values()) == {RECIPES / "drawer-closed-task.yaml", RECIPES / "drawer-closed-prior.yaml"}
+
+
+def test_datasets_are_collected_once_and_a_changed_recipe_is_refused(datasets: dict[str, Path], tmp_path: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name in ("drawer-closed-task", "drawer-closed-prior"):
+        raw = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+        (recipes / f"{name}.yaml").write_text(yaml.safe_dump({**raw, "episodes": dict.fromkeys(SCALES, 2)}))
+    path = write_experiment(
+        tmp_path / "e.yaml", datasets, tmp_path / "out", scale="smoke", datasets_root=str(tmp_path / "d"),
+        tasks={"closed_drawer": {"task": "drawer-closed-task", "prior": "drawer-closed-prior"}},
+    )  # fmt: skip
+    exp = load_experiment(path, recipes_dir=recipes)
+    made = ensure_datasets(exp, workers=1, progress=False)
+    assert sorted(p.name for p in made) == ["drawer-closed-prior-smoke-v0", "drawer-closed-task-smoke-v0"]
+    data = [folder / "data" / "main_data.hdf5" for folder in made]
+    before = [(d.stat().st_mtime_ns, d.read_bytes()) for d in data]
+    assert ensure_datasets(exp, workers=1, progress=False) == []  # there already: kept as they are
+    assert [(d.stat().st_mtime_ns, d.read_bytes()) for d in data] == before
+
+    raw = yaml.safe_load((recipes / "drawer-closed-prior.yaml").read_text())
+    (recipes / "drawer-closed-prior.yaml").write_text(yaml.safe_dump({**raw, "noise": 0.3}))
+    with pytest.raises(DatasetError, match=r"from another recipe \(it differs in noise\)"):
+        ensure_datasets(load_experiment(path, recipes_dir=recipes), workers=1, progress=False)
+    assert [(d.stat().st_mtime_ns, d.read_bytes()) for d in data] == before
 
 
 def test_only_selects_cells_by_task_method_and_seed_and_collects_only_their_data(
