@@ -240,11 +240,21 @@ def collect(
         # another recipe. Its counts come from its metadata; validating it again would read every episode.
         info, metadata = read_info(folder)
         _check_same_recipe(info.recipe, wanted, f"{folder} holds a finished dataset")
-        return CollectionResult(folder, int(metadata["total_episodes"]), int(metadata["total_steps"]), 0, 0.0)
+        try:
+            episodes, transitions = int(metadata["total_episodes"]), int(metadata["total_steps"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{folder}: malformed metadata, no episode or step total ({e!r})") from e
+        return CollectionResult(folder, episodes, transitions, 0, 0.0)
     shard_dir.mkdir(parents=True, exist_ok=True)
     recorded = shard_dir / RECIPE_FILE
     if recorded.is_file():  # resuming: the episodes already there must come from the same recipe
-        _check_same_recipe(json.loads(recorded.read_text()), wanted, f"{shard_dir} holds episodes")
+        try:
+            previous = json.loads(recorded.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise DatasetError(
+                f"{recorded}: cannot read the recipe these shards came from ({e}); nothing was changed"
+            ) from e
+        _check_same_recipe(previous, wanted, f"{shard_dir} holds episodes")
     elif not finished_indices(shard_dir):
         recorded.write_text(json.dumps(wanted, indent=1))
     for stale in shard_dir.glob("*.tmp"):  # writes cut off by an interruption

@@ -164,6 +164,12 @@ def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: P
     with pytest.raises(DatasetError, match=r"holds episodes collected from another recipe \(it differs in noise\)"):
         collect(changed, "smoke", root, workers=1, progress=False)
     assert finished_indices(shard_dir) == {0, 1}
+    recorded = (shard_dir / RECIPE_FILE).read_text()
+    (shard_dir / RECIPE_FILE).write_text(recorded[: len(recorded) // 2])  # cut short: refused by name, kept
+    with pytest.raises(DatasetError, match=f"{RECIPE_FILE}: cannot read the recipe these shards came from"):
+        collect(prior_recipe, "smoke", root, workers=1, progress=False)
+    assert finished_indices(shard_dir) == {0, 1}
+    (shard_dir / RECIPE_FILE).write_text(recorded)
     assert collect(prior_recipe, "smoke", root, workers=1, progress=False).collected_now == 3
 
 
