@@ -239,7 +239,7 @@ def collect(
         # Already collected (and validated then): keep it. Never overwrite a finished dataset, least of all from
         # another recipe. Its counts come from its metadata; validating it again would read every episode.
         info, metadata = read_info(folder)
-        _check_same_recipe(info.recipe, wanted, f"{folder} holds a finished dataset")
+        _check_same_recipe(info.recipe, wanted, scale, f"{folder} holds a finished dataset")
         try:
             episodes, transitions = int(metadata["total_episodes"]), int(metadata["total_steps"])
         except (KeyError, TypeError, ValueError) as e:
@@ -254,7 +254,7 @@ def collect(
             raise DatasetError(
                 f"{recorded}: cannot read the recipe these shards came from ({e}); nothing was changed"
             ) from e
-        _check_same_recipe(previous, wanted, f"{shard_dir} holds episodes")
+        _check_same_recipe(previous, wanted, scale, f"{shard_dir} holds episodes")
     elif not finished_indices(shard_dir):
         recorded.write_text(json.dumps(wanted, indent=1))
     for stale in shard_dir.glob("*.tmp"):  # writes cut off by an interruption
@@ -293,7 +293,15 @@ def collect(
     return CollectionResult(folder, report.episodes, report.transitions, len(todo), seconds)
 
 
-def _check_same_recipe(recorded: dict[str, Any], wanted: dict[str, Any], what: str) -> None:
+def _check_same_recipe(recorded: dict[str, Any], wanted: dict[str, Any], scale: str, what: str) -> None:
+    """Refuse when the recipe differs in anything that shapes this scale's data. Episode counts of other scales
+    do not (a scale added to a recipe later leaves the datasets already collected valid)."""
+
+    def at_scale(recipe: dict[str, Any]) -> dict[str, Any]:
+        episodes = recipe.get("episodes")
+        return {**recipe, "episodes": episodes.get(scale) if isinstance(episodes, dict) else episodes}
+
+    recorded, wanted = at_scale(recorded), at_scale(wanted)
     differing = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))
     if differing:
         raise DatasetError(

@@ -139,6 +139,13 @@ def test_collecting_a_finished_dataset_again_keeps_it(tmp_path: Path, prior_reci
     again = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
     assert (again.collected_now, again.episodes, again.transitions) == (0, first.episodes, first.transitions)
     assert (data.stat().st_mtime_ns, data.read_bytes()) == before
+    # Another scale's count (a scale added or resized later) does not change this scale's data: still kept.
+    other_scales = dataclasses.replace(prior_recipe, episodes={**prior_recipe.episodes, "paper": 12345})
+    assert collect(other_scales, "smoke", tmp_path, workers=1, progress=False).collected_now == 0
+    fewer = dataclasses.replace(prior_recipe, episodes={**prior_recipe.episodes, "smoke": 2})
+    with pytest.raises(DatasetError, match=r"another recipe \(it differs in episodes\)"):
+        collect(fewer, "smoke", tmp_path, workers=1, progress=False)
+    assert (data.stat().st_mtime_ns, data.read_bytes()) == before
 
 
 def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: Path, prior_recipe: Recipe) -> None:
