@@ -426,3 +426,19 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(image:
         assert all(p.dtype == torch.float32 for p in module.parameters())
     state = half.critic_optimizer.state_dict()["state"]
     assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+
+
+def test_a_batchs_own_discount_replaces_gamma(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n-step batches carry gamma^m per transition; the target bootstraps with it instead of the config's gamma."""
+    q, q_target, actor = state_networks()
+    cfg = CQLConfig(discount=0.9, sampled_actions=K)
+    base = make_batch()
+    draws = Draws(base)
+    discount = torch.linspace(0.2, 0.8, B)
+    _, _, metrics = patched_critic_loss(
+        monkeypatch, draws, q, q_target, actor, base._replace(discount=discount), 0.3, 0.7, cfg
+    )
+    with torch.no_grad():
+        next_v = q_target(None, base.next_obs.state, draws.policy[("s'", 1)][0][:, 0]).min(dim=0).values
+    assert metrics["critic/target"] == pytest.approx((base.reward + discount * next_v).mean().item(), abs=1e-5)
+    assert abs(metrics["critic/target"] - (base.reward + 0.9 * next_v).mean().item()) > 1e-3

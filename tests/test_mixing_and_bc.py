@@ -359,3 +359,71 @@ def test_saturated_actions_do_not_widen_the_policy(margin: float, wide: bool) ->
         _, log_std = agent.actor.distribution(agent.actor.encode(None, state[:1]))
     sigma = float(log_std.exp())
     assert (sigma > 2.5) if wide else (sigma < 0.8), sigma  # the optima: 3.0 and (2.65 - 1.26) / 2 = 0.7
+
+
+# -- n-step returns --------------------------------------------------------------------------------------------------
+def n_step_by_loop(
+    store: TransitionStore, n: int, gamma: float, terminal_on_reward: bool
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]]:
+    """(return, steps m, terminated, next frame) of every transition, one transition at a time."""
+    out: list[tuple[float, int, bool, int]] = []
+    for e, (first, count) in enumerate(zip(store.episodes.first_transition, store.episodes.steps, strict=True)):
+        for t in range(first, first + count):
+            total, m, done = 0.0, 0, False
+            for j in range(t, min(t + n, first + count)):
+                total += gamma**m * float(store.rewards[j])
+                m += 1
+                done = bool(store.terminated[j]) or (terminal_on_reward and store.rewards[j] > 0)
+                if done:
+                    break
+            out.append((total, m, done, int(store.episodes.first_frame[e] + (t - first) + m)))
+    columns = list(zip(*out, strict=True))
+    return tuple(np.asarray(c) for c in columns)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+@pytest.mark.parametrize("terminal_on_reward", [False, True])
+def test_n_step_returns_match_a_loop(n: int, terminal_on_reward: bool) -> None:
+    store = make_store(TASK, (4, 1, 7, 0, 6))
+    rewards = np.zeros(len(store), np.float32)
+    rewards[[2, 6, 7, 12]] = [1.0, 0.5, 2.0, 1.0]  # inside episodes, one at an episode's last step (terminated)
+    store.rewards = rewards
+    gamma = 0.9
+    stepped = store.n_step(n, gamma, terminal_on_reward)
+    returns, m, done, next_frame = n_step_by_loop(store, n, gamma, terminal_on_reward)
+    np.testing.assert_allclose(stepped.rewards, returns, rtol=1e-6)
+    np.testing.assert_array_equal(stepped.next_offset, m)
+    np.testing.assert_array_equal(stepped.terminated, done)
+    np.testing.assert_allclose(stepped.discounts, gamma**m, rtol=1e-6)
+    assert m.max() == n and m.min() >= 1  # windows of n steps, shorter at episode ends
+    np.testing.assert_array_equal(store.rewards, rewards)  # the one-step store is unchanged
+    assert store.next_offset is None and store.discounts is None
+
+    # Both samplers give the m-step next observation (same episode) and the return, discount and flags with it.
+    prior = make_store(PRIOR, (5, 3), rewards="zero").n_step(n, gamma)
+    for sampler in (CogMixSampler(stepped, prior, 0.5), UniformSampler(stepped)):
+        batch = sampler.sample(np.random.default_rng(n), 64)
+        is_task = batch.obs.state[:, 0] == TASK
+        t = np.searchsorted(store.obs_index, batch.obs.state[is_task, 1].astype(np.int64))
+        np.testing.assert_array_equal(batch.next_obs.state[is_task, 1], next_frame[t])
+        np.testing.assert_array_equal(batch.next_obs.state[:, 2], batch.obs.state[:, 2])  # never across episodes
+        np.testing.assert_allclose(batch.reward[is_task], returns[t], rtol=1e-6)
+        np.testing.assert_array_equal(batch.terminated[is_task], done[t])
+        assert batch.discount is not None
+        np.testing.assert_allclose(batch.discount[is_task], gamma ** m[t], rtol=1e-6)
+        if batch.next_obs.image is not None:
+            np.testing.assert_array_equal(batch.next_obs.image[:, 0, 0, 1], batch.next_obs.state[:, 1] % 256)
+
+
+def test_n_step_refuses_bad_use() -> None:
+    store = make_store(TASK, (3, 2))
+    for n, gamma in ((0, 0.9), (2, 0.0), (2, 1.5)):
+        with pytest.raises(ValueError, match="must be"):
+            store.n_step(n, gamma)
+    stepped = store.n_step(2, 0.9)
+    with pytest.raises(ValueError, match="already holds n-step"):
+        stepped.n_step(2, 0.9)
+    with pytest.raises(ValueError, match="concatenate one-step stores"):
+        concatenate([stepped, store])
+    with pytest.raises(ValueError, match="both n-step"):
+        CogMixSampler(stepped, make_store(PRIOR, (3,)))

@@ -28,6 +28,8 @@ class TorchBatch(NamedTuple):
     """(B,) float: 1 where the episode ended in a terminal state (no bootstrap)."""
     truncated: Tensor
     """(B,) float: 1 where the episode was cut by its time limit (bootstrap as usual); kept for logging."""
+    discount: Tensor | None = None
+    """(B,) gamma^m of n-step returns; None: one-step transitions (the agent's gamma)."""
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
@@ -90,4 +92,5 @@ def to_torch(
         next_obs=next_obs,
         terminated=torch.from_numpy(batch.terminated).to(device).float(),
         truncated=torch.from_numpy(batch.truncated).to(device).float(),
+        discount=None if batch.discount is None else torch.from_numpy(batch.discount).to(device),
     )

@@ -7,6 +7,7 @@ Critic ensemble Q_1..Q_N with targets Qbar_n, tanh-Gaussian policy pi, entropy t
 (s, a, r, s', d) with d = terminated (truncation bootstraps as usual):
 
     y = r + gamma (1 - d) (min_n Qbar_n(s', a') - [entropy backup] alpha log pi(a'|s')),  a' ~ pi(.|s')
+      (with n-step returns, r is the data's discounted m-step sum and gamma is gamma^m, per transition)
     L_TD(Q_n) = mean (Q_n(s, a) - y)^2
     L_CQL(Q_n) = mean_s [ log sum_j exp(Q_n(s, a_j) - log w_j) ] - mean Q_n(s, a)
       over K uniform actions (w = 2^-A, the uniform density on [-1,1]^A), K actions from pi(.|s) and K from
@@ -117,7 +118,8 @@ def critic_loss(
         next_v = next_q.min(dim=0).values.squeeze(-1)  # (B,)
         if cfg.backup == "entropy":
             next_v = next_v - alpha * next_log_prob.squeeze(-1)
-        target = batch.reward + cfg.discount * (1.0 - batch.terminated) * next_v  # (B,)
+        discount = cfg.discount if batch.discount is None else batch.discount  # gamma, or gamma^m (n-step)
+        target = batch.reward + discount * (1.0 - batch.terminated) * next_v  # (B,)
         if cfg.target_range is not None:
             target = target.clamp(cfg.target_range[0], cfg.target_range[1])
 

@@ -106,7 +106,8 @@ def ensemble_critic_loss(
         next_v = agent_min_q(next_q, agents, critics).squeeze(-1)  # (N, B): each agent's own twin-min
         if cfg.backup == "entropy":
             next_v = next_v - alpha * next_log_prob.squeeze(-1)  # (N, B)
-        target = batch.reward + cfg.discount * (1.0 - batch.terminated) * next_v  # (N, B)
+        discount = cfg.discount if batch.discount is None else batch.discount  # gamma, or gamma^m (n-step)
+        target = batch.reward + discount * (1.0 - batch.terminated) * next_v  # (N, B)
         if cfg.target_range is not None:
             target = target.clamp(cfg.target_range[0], cfg.target_range[1])
         target = target.repeat_interleave(critics, dim=0)  # (N*M, B): critic i*M + m regresses on y_i

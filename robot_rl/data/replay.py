@@ -17,6 +17,7 @@ mtime and inode; later loads memory-map the frame arrays (data larger than RAM w
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -70,6 +71,9 @@ class Batch(NamedTuple):
     """(B,)"""
     truncated: NDArray[np.bool_]
     """(B,)"""
+    discount: NDArray[np.float32] | None = None
+    """(B,) the bootstrap's discount gamma^m of n-step returns (m steps to the next observation); None: one step,
+    the agent's own gamma."""
 
 
 class EpisodeTable(NamedTuple):
@@ -153,6 +157,10 @@ class TransitionStore:
         # Each earlier episode adds one frame more than its steps (its final observation), so frame = transition +
         # episode id.
         self.obs_index = np.arange(n, dtype=np.int64) + self.episode  # (N,)
+        self.next_offset: NDArray[np.int64] | None = None
+        """(N,) frames from a transition's observation to its next one (m of its n-step return); None: 1 each."""
+        self.discounts: NDArray[np.float32] | None = None
+        """(N,) gamma^m, the bootstrap's discount of its n-step return; None: one-step transitions."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -192,7 +200,8 @@ class TransitionStore:
         idx = np.asarray(idx, dtype=np.int64)  # (B,)
         b = len(idx)
         frame = self.obs_index[idx]  # (B,)
-        both = np.concatenate((frame, frame + 1))  # (2B,): observations, then next observations
+        next_frame = frame + 1 if self.next_offset is None else frame + self.next_offset[idx]  # (B,)
+        both = np.concatenate((frame, next_frame))  # (2B,): observations, then next observations
         states = self.states[both]  # (2B, S)
         images = None if self.images is None else self.images[both]  # (2B, H, W, 3)
         privileged = None if self.privileged is None else self.privileged[both]  # (2B, P)
@@ -211,7 +220,50 @@ class TransitionStore:
             ),
             terminated=self.terminated[idx],  # (B,)
             truncated=self.truncated[idx],  # (B,)
+            discount=None if self.discounts is None else self.discounts[idx],  # (B,)
         )
+
+    def n_step(self, n: int, discount: float, terminal_on_reward: bool = False) -> TransitionStore:
+        """This store's transitions as n-step returns (a new store sharing the frames; this one is unchanged).
+
+        Transition t becomes (s_t, a_t, R, s_{t+m}, d) with R = sum_{k<m} gamma^k r_{t+k}: m <= n steps, fewer where
+        the episode ends or a terminal step comes first (d is then that step's termination, and the target is
+        R + gamma^m (1 - d) V(s_{t+m}) with gamma^m in `discounts`). The steps after t are the data's own actions, so
+        the return is the behaviour's, not the learnt policy's: a bias that pays off where rewards are sparse and
+        the data's trajectories are purposeful (value travels n steps per backup instead of one).
+        `terminal_on_reward` makes every rewarded step terminal first (the task ends at success).
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount must be in (0, 1], got {discount}")
+        if self.next_offset is not None:
+            raise ValueError("this store already holds n-step returns")
+        terminal = self.terminated | (self.rewards > 0) if terminal_on_reward else self.terminated  # (N,)
+        total = len(self)
+        t = np.arange(total, dtype=np.int64)  # (N,)
+        episode_end = (self.episodes.first_transition + self.episodes.steps)[self.episode]  # (N,) exclusive
+        returns = np.zeros(total, np.float64)  # (N,)
+        steps = np.zeros(total, np.int64)  # (N,) m
+        ended = np.zeros(total, np.bool_)  # (N,) a terminal step was included
+        truncated = np.zeros(total, np.bool_)  # (N,)
+        going = np.ones(total, np.bool_)  # (N,) still adding steps
+        for k in range(n):  # n vectorised passes, never a loop over transitions
+            j = t + k  # (N,)
+            going &= j < episode_end
+            at = j[going]
+            returns[going] += discount**k * self.rewards[at]
+            steps[going] += 1
+            ended[going] = terminal[at]
+            truncated[going] = self.truncated[at]
+            going[going] = ~terminal[at]
+        out = copy.copy(self)
+        out.rewards = returns.astype(np.float32)
+        out.terminated = ended
+        out.truncated = truncated
+        out.next_offset = steps
+        out.discounts = (discount**steps).astype(np.float32)
+        return out
 
 
 # -- loading ---------------------------------------------------------------------------------------------------------
@@ -589,6 +641,8 @@ def concatenate(stores: Sequence[TransitionStore]) -> TransitionStore:
     """
     if not stores:
         raise ValueError("concatenate needs at least one store")
+    if any(s.next_offset is not None for s in stores):
+        raise ValueError("concatenate one-step stores, then take n-step returns of the pooled store")
     first = stores[0]
 
     def layout(s: TransitionStore) -> dict[str, Any]:

@@ -83,6 +83,8 @@ class CogMixSampler:
                     f"cannot mix task store {task.info.name!r} with prior store {prior.info.name!r}: {what} "
                     f"{value} (task) vs {prior_layout[what]} (prior)"
                 )
+        if (task.discounts is None) != (prior.discounts is None):
+            raise ValueError("task and prior stores must both hold one-step transitions or both n-step returns")
         for name, store, used in (("task", task, task_fraction > 0), ("prior", prior, task_fraction < 1)):
             if used and len(store) == 0:
                 raise ValueError(f"the {name} store {store.info.name!r} holds no transitions to sample")
@@ -104,16 +106,19 @@ class CogMixSampler:
         prior_idx = rng.integers(0, len(self.prior), size=b_prior) if b_prior else np.zeros(0, np.int64)  # (Bp,)
         task_frame = self.task.obs_index[task_idx]  # (Bt,)
         prior_frame = self.prior.obs_index[prior_idx]  # (Bp,)
+        task_next = task_frame + (1 if self.task.next_offset is None else self.task.next_offset[task_idx])  # (Bt,)
+        prior_next = prior_frame + (1 if self.prior.next_offset is None else self.prior.next_offset[prior_idx])
 
         def frame_parts(
             task_array: NDArray[Any], prior_array: NDArray[Any]
         ) -> list[tuple[NDArray[Any], NDArray[np.int64]]]:
-            """Observations, then next observations (frame + 1): the (2B, ...) layout of `sample_indices`."""
+            """Observations, then next observations (frame + 1, or + m for n-step returns): the (2B, ...) layout of
+            `sample_indices`."""
             return [
                 (task_array, task_frame),
                 (prior_array, prior_frame),
-                (task_array, task_frame + 1),
-                (prior_array, prior_frame + 1),
+                (task_array, task_next),
+                (prior_array, prior_next),
             ]
 
         def transitions(name: str) -> NDArray[Any]:
@@ -149,6 +154,7 @@ class CogMixSampler:
             ),
             terminated=transitions("terminated"),  # (B,)
             truncated=transitions("truncated"),  # (B,)
+            discount=None if self.task.discounts is None else transitions("discounts"),  # (B,)
         )
 
 

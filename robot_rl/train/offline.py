@@ -79,6 +79,10 @@ class OfflineConfig:
     success_terminal: bool = False
     """Treat every rewarded transition as terminal: the task ends at success, so a success's value is its reward,
     not a bootstrap through the rest of the episode. Q then spans reward_scale * gamma^(steps to success)."""
+    n_step: int = 1
+    """CQL-based algos: targets from n-step returns of the data, R + gamma^m V(s_{t+m}) with m <= n (fewer at an
+    episode's end or a terminal step; `TransitionStore.n_step`). Value then travels n steps back per backup, along
+    the data's own actions. 1 is COG's one-step target; BC ignores it."""
     reward_scale: float = 1.0
     """Multiply rewards by this in the losses (with `success_terminal`, 1 / (1 - gamma) keeps Q on the scale of the
     continuing task, where holding the success is worth up to 1 / (1 - gamma))."""
@@ -131,13 +135,18 @@ def _load(cfg: OfflineConfig) -> tuple[TransitionStore, TransitionStore | None]:
 
 
 def make_sampler(cfg: OfflineConfig, task: TransitionStore, prior: TransitionStore | None) -> Sampler:
+    def returns(store: TransitionStore) -> TransitionStore:
+        if cfg.n_step == 1 or cfg.algo == "bc":
+            return store
+        return store.n_step(cfg.n_step, cfg.cql.discount, terminal_on_reward=cfg.success_terminal)
+
     match cfg.algo, prior:
         case (("cog" | "sac"), TransitionStore()) if cfg.mixing == "ratio":
-            return CogMixSampler(task, prior, cfg.task_fraction)
+            return CogMixSampler(returns(task), returns(prior), cfg.task_fraction)
         case (("cog" | "sac" | "bc"), TransitionStore()):
-            return UniformSampler(concatenate([task, prior]))
+            return UniformSampler(returns(concatenate([task, prior])))
         case _:
-            return UniformSampler(task)
+            return UniformSampler(returns(task))
 
 
 def make_agent(cfg: OfflineConfig, task: TransitionStore, device: torch.device) -> CQL | BC:
@@ -196,7 +205,7 @@ def check_config(cfg: OfflineConfig) -> None:
     if not 0.0 <= cfg.task_fraction <= 1.0:
         raise TrainingError(f"task_fraction must be in [0, 1], got {cfg.task_fraction}")
     at_least = {"steps": 1, "batch_size": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1, "eval_workers": 1}
-    at_least |= {"eval_every": 0, "eval_episodes": 0, "eval_videos": 0, "augment_pad": 0}
+    at_least |= {"n_step": 1, "eval_every": 0, "eval_episodes": 0, "eval_videos": 0, "augment_pad": 0}
     for name, low in at_least.items():
         value = getattr(cfg, name)
         if value < low:
