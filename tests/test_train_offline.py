@@ -236,6 +236,36 @@ def test_training_with_success_terminal_feeds_shaped_batches(
         train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))
 
 
+@pytest.mark.parametrize("mixing", ["ratio", "pooled"])
+def test_n_step_training_feeds_per_transition_discounts(
+    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixing: str
+) -> None:
+    from robot_rl.algos.cql import CQL
+
+    seen: list[Any] = []
+    update = CQL.update
+
+    def spy(self: CQL, batch: Any) -> dict[str, float]:
+        seen.append(batch)
+        return update(self, batch)
+
+    monkeypatch.setattr(CQL, "update", spy)
+    cfg = config(datasets, tmp_path / mixing, steps=8, n_step=4, mixing=mixing, success_terminal=True)
+    run = train_offline(cfg)
+    assert json.loads((run / "run.json").read_text())["config"]["n_step"] == 4
+    discounts = torch.cat([b.discount for b in seen])
+    gamma = cfg.cql.discount
+    allowed = torch.tensor([gamma**m for m in range(1, 5)])
+    assert bool(torch.isclose(discounts[:, None], allowed[None, :]).any(dim=1).all())  # gamma^m, 1 <= m <= 4
+    assert bool((discounts < gamma**3 + 1e-6).any())  # most windows are 4 steps long
+    assert bool((discounts[torch.cat([b.terminated for b in seen]) == 0] > 0).all())
+    one_step = train_offline(config(datasets, tmp_path / "one", steps=2))
+    assert json.loads((one_step / "run.json").read_text())["config"]["n_step"] == 1
+    assert seen[-1].discount is None  # one-step batches bootstrap with the agent's own gamma
+    with pytest.raises(TrainingError, match="n_step must be >= 1"):
+        train_offline(config(datasets, tmp_path / "bad", n_step=0))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"), ("steps", -5, "steps must be >= 1, got -5"),
