@@ -266,6 +266,28 @@ def test_n_step_training_feeds_per_transition_discounts(
         train_offline(config(datasets, tmp_path / "bad", n_step=0))
 
 
+def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from robot_rl.algos.cql import CQL
+
+    seen: list[Any] = []
+    update = CQL.update
+
+    def spy(self: CQL, batch: Any) -> dict[str, float]:
+        seen.append(batch)
+        return update(self, batch)
+
+    monkeypatch.setattr(CQL, "update", spy)
+    cfg = config(datasets, tmp_path / "prior", steps=4, n_step=4, n_step_data="prior")
+    train_offline(cfg)
+    gamma, half = cfg.cql.discount, cfg.batch_size // 2
+    task_discounts = torch.cat([b.discount[:half] for b in seen])  # the mix puts task transitions first
+    prior_discounts = torch.cat([b.discount[half:] for b in seen])
+    assert torch.allclose(task_discounts, torch.full_like(task_discounts, gamma))  # one-step targets
+    assert bool((prior_discounts < gamma**3 + 1e-6).any())  # n-step returns
+    with pytest.raises(TrainingError, match="n_step_data='prior' needs"):
+        train_offline(config(datasets, tmp_path / "bad", n_step=4, n_step_data="prior", mixing="pooled"))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"), ("steps", -5, "steps must be >= 1, got -5"),

@@ -83,6 +83,9 @@ class OfflineConfig:
     """CQL-based algos: targets from n-step returns of the data, R + gamma^m V(s_{t+m}) with m <= n (fewer at an
     episode's end or a terminal step; `TransitionStore.n_step`). Value then travels n steps back per backup, along
     the data's own actions. 1 is COG's one-step target; BC ignores it."""
+    n_step_data: Literal["all", "prior"] = "all"
+    """Where n-step returns are used: all data, or the prior data only (task data keeps one-step targets; needs
+    mixing="ratio"). The prior's scripted skills are long and loosely aimed, the task's grasps short and precise."""
     reward_scale: float = 1.0
     """Multiply rewards by this in the losses (with `success_terminal`, 1 / (1 - gamma) keeps Q on the scale of the
     continuing task, where holding the success is worth up to 1 / (1 - gamma))."""
@@ -135,14 +138,15 @@ def _load(cfg: OfflineConfig) -> tuple[TransitionStore, TransitionStore | None]:
 
 
 def make_sampler(cfg: OfflineConfig, task: TransitionStore, prior: TransitionStore | None) -> Sampler:
-    def returns(store: TransitionStore) -> TransitionStore:
+    def returns(store: TransitionStore, n: int = cfg.n_step) -> TransitionStore:
         if cfg.n_step == 1 or cfg.algo == "bc":
             return store
-        return store.n_step(cfg.n_step, cfg.cql.discount, terminal_on_reward=cfg.success_terminal)
+        return store.n_step(n, cfg.cql.discount, terminal_on_reward=cfg.success_terminal)
 
     match cfg.algo, prior:
         case (("cog" | "sac"), TransitionStore()) if cfg.mixing == "ratio":
-            return CogMixSampler(returns(task), returns(prior), cfg.task_fraction)
+            task_n = 1 if cfg.n_step_data == "prior" else cfg.n_step
+            return CogMixSampler(returns(task, task_n), returns(prior), cfg.task_fraction)
         case (("cog" | "sac" | "bc"), TransitionStore()):
             return UniformSampler(returns(concatenate([task, prior])))
         case _:
@@ -206,6 +210,8 @@ def check_config(cfg: OfflineConfig) -> None:
         raise TrainingError(f"task_fraction must be in [0, 1], got {cfg.task_fraction}")
     at_least = {"steps": 1, "batch_size": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1, "eval_workers": 1}
     at_least |= {"n_step": 1, "eval_every": 0, "eval_episodes": 0, "eval_videos": 0, "augment_pad": 0}
+    if cfg.n_step > 1 and cfg.n_step_data == "prior" and (cfg.mixing != "ratio" or cfg.algo not in ("cog", "sac")):
+        raise TrainingError("n_step_data='prior' needs algo cog or sac with mixing='ratio' (separate prior data)")
     for name, low in at_least.items():
         value = getattr(cfg, name)
         if value < low:
