@@ -329,9 +329,11 @@ def test_bc_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
         alpha: Tensor,
         bc: bool,
         margin: float,
+        bc_weight: float,
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        assert bc_weight == 0.0  # COG's default: the critic alone after the warm start
         rng = torch.get_rng_state()
-        result = original(q, actor, features, critic_features, batch, alpha, bc, margin)
+        result = original(q, actor, features, critic_features, batch, alpha, bc, margin, bc_weight)
         rng_after = torch.get_rng_state()
         torch.set_rng_state(rng)  # redraw the same a~ for the expected values
         with torch.no_grad():
@@ -442,3 +444,33 @@ def test_a_batchs_own_discount_replaces_gamma(monkeypatch: pytest.MonkeyPatch) -
         next_v = q_target(None, base.next_obs.state, draws.policy[("s'", 1)][0][:, 0]).min(dim=0).values
     assert metrics["critic/target"] == pytest.approx((base.reward + discount * next_v).mean().item(), abs=1e-5)
     assert abs(metrics["critic/target"] - (base.reward + 0.9 * next_v).mean().item()) > 1e-3
+
+
+def test_bc_weight_adds_the_datas_likelihood_on_the_scale_of_q() -> None:
+    agent = CQL(CQLConfig(hidden=(16, 16)), None, state_dim=3, action_dim=2)
+    batch = make_batch(8, state_dim=3, action_dim=2)
+    features = agent.actor.encode(None, batch.obs.state)
+    critic_features = agent.q.encode(None, batch.obs.state).detach()
+    alpha = torch.tensor(0.1)
+
+    def loss(weight: float) -> Tensor:
+        torch.manual_seed(5)  # the same sampled actions for each weight
+        return actor_loss(agent.q, agent.actor, features, critic_features, batch, alpha, False, 0.01, weight)[0]
+
+    torch.manual_seed(5)
+    action, _ = agent.actor.sample(features, 1)
+    with torch.no_grad():
+        q_pi = agent.q.q(critic_features, action).min(dim=0).values[:, 0]
+        log_likelihood = agent.actor.log_prob(features, batch.action, 0.01)
+    expected = loss(0.0) - 0.5 * (q_pi.abs().mean() * log_likelihood).mean()
+    torch.testing.assert_close(loss(0.5), expected, rtol=1e-5, atol=1e-5)
+    # A descent step on it raises the data's likelihood faster than a step on the critic's loss alone.
+    params = list(agent.actor.parameters())
+    likelihood_grad = torch.autograd.grad(agent.actor.log_prob(features, batch.action, 0.01).mean(), params,
+                                          retain_graph=True)  # fmt: skip
+
+    def likelihood_gain(weight: float) -> float:
+        grads = torch.autograd.grad(loss(weight), params, retain_graph=True)
+        return sum(float((-g * lg).sum()) for g, lg in zip(grads, likelihood_grad, strict=True))
+
+    assert likelihood_gain(50.0) > likelihood_gain(0.0) + 1e-3

@@ -14,7 +14,8 @@ Critic ensemble Q_1..Q_N with targets Qbar_n, tanh-Gaussian policy pi, entropy t
       pi(.|s') (w = their policy density); the log-sum-exp estimates log int exp Q(s, a) da (CQL(H), eq. 4,
       importance sampled as in the authors' code)
     L_critic = sum_n L_TD(Q_n) + w_cql L_CQL(Q_n),  w_cql fixed or alpha' (Lagrange): alpha' (L_CQL - tau)
-    L_actor = mean alpha log pi(a~|s) - min_n Q_n(s, a~),  a~ ~ pi(.|s)   (BC warm start: log pi(a|s) in place of Q)
+    L_actor = mean alpha log pi(a~|s) - min_n Q_n(s, a~),  a~ ~ pi(.|s)   (BC warm start: log pi(a|s) in place of Q;
+      with bc_weight w, - w mean|Q| log pi(a|s) is added after it)
     L_alpha = -mean log alpha (log pi(a~|s) + target entropy)
 
 Each observation is encoded once per network and its features are reused for every action it is paired with.
@@ -77,6 +78,10 @@ class CQLConfig:
     """Train the actor by behaviour cloning for this many first updates (COG: 10000)."""
     bc_action_margin: float = 0.01
     """The BC warm start clamps data actions to [-1 + margin, 1 - margin] (see `BCConfig.action_margin`)."""
+    bc_weight: float = 0.0
+    """After the warm start, add the data's log-likelihood to the actor's objective with this weight times the
+    batch's mean |Q| (TD3+BC's normalisation, Fujimoto & Gu 2021, for a stochastic policy): the policy stays near
+    the data's actions where the critic does not clearly prefer others. 0 (COG): the critic alone."""
 
 
 def conservative_gap(
@@ -155,6 +160,7 @@ def actor_loss(
     alpha: Tensor,
     bc: bool,
     bc_margin: float = 0.01,
+    bc_weight: float = 0.0,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """L_actor; with `bc`, the BC warm start. `features` (B, Fa) are the actor's features of s (with gradient);
     `critic_features` (N, B, F) the critic's, detached, so that only the actor is trained by this loss. Returns
@@ -167,6 +173,8 @@ def actor_loss(
     else:
         with frozen(q):
             value = q.q(critic_features, action).min(dim=0).values[:, 0]
+        if bc_weight > 0:  # TD3+BC-style anchor: the data's log-likelihood, on the scale of the batch's Q
+            value = value + bc_weight * value.abs().mean().detach() * actor.log_prob(features, batch.action, bc_margin)
     loss = (alpha.detach() * log_prob - value).mean()
     return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
 
@@ -237,6 +245,7 @@ class CQL:
                 alpha,
                 self.steps < cfg.bc_warm_start_steps,
                 cfg.bc_action_margin,
+                cfg.bc_weight,
             )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
