@@ -103,6 +103,16 @@ def _config_dict(agent: Agent) -> Any:
     return json.loads(json.dumps(dataclasses.asdict(agent.cfg)))
 
 
+def _with_new_defaults(saved: Any, agent: Agent) -> Any:
+    """A saved config with the fields it predates filled in with their defaults: an option added to the config
+    since the checkpoint was written (with the old behaviour as its default) is no difference."""
+    if not isinstance(saved, dict):
+        return saved
+    fields = {f.name: f for f in dataclasses.fields(agent.cfg)}
+    defaults = json.loads(json.dumps(dataclasses.asdict(type(agent.cfg)())))  # every config field has a default
+    return {**{k: defaults[k] for k in fields if k not in saved}, **saved}
+
+
 def _versions() -> dict[str, str]:
     versions = software_versions()
     try:
@@ -300,8 +310,8 @@ def load_learner(folder: Path | str, agent: Agent, check_config: bool = True) ->
         agent_record, optimizers, rng, extra = (record["agent"], record["optimizers"], record["rng"], record["extra"])
         if agent_record["class"] != type(agent).__name__:
             raise CheckpointError(f"{json_path}: a {agent_record['class']} checkpoint, not {type(agent).__name__}")
-        if check_config and agent_record["config"] != _config_dict(agent):
-            saved, current = agent_record["config"], _config_dict(agent)
+        saved, current = _with_new_defaults(agent_record["config"], agent), _config_dict(agent)
+        if check_config and saved != current:
             changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
             raise CheckpointError(
                 f"{json_path}: saved with a different config (fields {changed}); build the agent from the run's "

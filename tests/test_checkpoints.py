@@ -262,6 +262,19 @@ def test_a_different_config_is_refused_unless_asked_for(tmp_path: Path) -> None:
     load_learner(tmp_path / "ckpt", make_agent("state", 1, actor_lr=1e-3), check_config=False)
 
 
+def test_a_checkpoint_older_than_a_config_option_loads_when_the_option_is_at_its_default(tmp_path: Path) -> None:
+    """A field added to the config since (here bc_weight, as a checkpoint from before it existed) is no
+    difference while the new agent keeps its default, the old behaviour; set to anything else, it is one."""
+    save_learner(tmp_path / "ckpt", make_agent("state", 0))
+    record_path = tmp_path / "ckpt" / "learner.json"
+    record = json.loads(record_path.read_text())
+    del record["agent"]["config"]["bc_weight"]
+    record_path.write_text(json.dumps(record))
+    load_learner(tmp_path / "ckpt", make_agent("state", 1))
+    with pytest.raises(CheckpointError, match=r"different config.*bc_weight"):
+        load_learner(tmp_path / "ckpt", make_agent("state", 1, bc_weight=0.1))
+
+
 def test_a_learner_of_other_sizes_is_refused_before_the_agent_changes(tmp_path: Path) -> None:
     save_learner(tmp_path / "ckpt", make_agent("privileged", 0))
     agent = make_agent("state", 1)
