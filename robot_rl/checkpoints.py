@@ -108,9 +108,8 @@ def _with_new_defaults(saved: Any, agent: Agent) -> Any:
     since the checkpoint was written (with the old behaviour as its default) is no difference."""
     if not isinstance(saved, dict):
         return saved
-    fields = {f.name: f for f in dataclasses.fields(agent.cfg)}
     defaults = json.loads(json.dumps(dataclasses.asdict(type(agent.cfg)())))  # every config field has a default
-    return {**{k: defaults[k] for k in fields if k not in saved}, **saved}
+    return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
 
 
 def _versions() -> dict[str, str]:
