@@ -474,3 +474,9 @@ def test_bc_weight_adds_the_datas_likelihood_on_the_scale_of_q() -> None:
         return sum(float((-g * lg).sum()) for g, lg in zip(grads, likelihood_grad, strict=True))
 
     assert likelihood_gain(50.0) > likelihood_gain(0.0) + 1e-3
+
+
+def test_a_negative_or_nan_bc_weight_is_refused() -> None:
+    for weight in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="bc_weight must be a finite number >= 0"):
+            CQL(CQLConfig(hidden=(8,), bc_weight=weight), None, state_dim=3, action_dim=2)

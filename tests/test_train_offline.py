@@ -213,33 +213,9 @@ def test_success_terminal_and_reward_scale_shape_what_the_learner_sees() -> None
     np.testing.assert_array_equal(batch.reward, [0.0, 1.0, 0.0, 1.0])  # the sampled batch itself is not changed
 
 
-def test_training_with_success_terminal_feeds_shaped_batches(
-    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from robot_rl.algos.cql import CQL
-
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    update = CQL.update
-
-    def spy(self: CQL, batch: Any) -> dict[str, float]:
-        seen.append((batch.reward.clone(), batch.terminated.clone()))
-        return update(self, batch)
-
-    monkeypatch.setattr(CQL, "update", spy)
-    cfg = config(datasets, tmp_path / "term", algo="cql", steps=6, success_terminal=True, reward_scale=100.0)
-    train_offline(cfg)
-    rewards = torch.cat([r for r, _ in seen])
-    terminated = torch.cat([t for _, t in seen])
-    assert set(rewards.unique().tolist()) <= {0.0, 100.0} and bool((rewards == 100.0).any())
-    assert bool((terminated[rewards > 0] == 1).all())
-    with pytest.raises(TrainingError, match="reward_scale"):
-        train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))
-
-
-@pytest.mark.parametrize("mixing", ["ratio", "pooled"])
-def test_n_step_training_feeds_per_transition_discounts(
-    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mixing: str
-) -> None:
+@pytest.fixture()
+def seen_batches(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every batch the CQL agent updates on, in order (its update is wrapped, not replaced)."""
     from robot_rl.algos.cql import CQL
 
     seen: list[Any] = []
@@ -250,6 +226,27 @@ def test_n_step_training_feeds_per_transition_discounts(
         return update(self, batch)
 
     monkeypatch.setattr(CQL, "update", spy)
+    return seen
+
+
+def test_training_with_success_terminal_feeds_shaped_batches(
+    datasets: dict[str, Path], tmp_path: Path, seen_batches: list[Any]
+) -> None:
+    cfg = config(datasets, tmp_path / "term", algo="cql", steps=6, success_terminal=True, reward_scale=100.0)
+    train_offline(cfg)
+    rewards = torch.cat([b.reward for b in seen_batches])
+    terminated = torch.cat([b.terminated for b in seen_batches])
+    assert set(rewards.unique().tolist()) <= {0.0, 100.0} and bool((rewards == 100.0).any())
+    assert bool((terminated[rewards > 0] == 1).all())
+    with pytest.raises(TrainingError, match="reward_scale"):
+        train_offline(config(datasets, tmp_path / "bad", reward_scale=float("nan")))
+
+
+@pytest.mark.parametrize("mixing", ["ratio", "pooled"])
+def test_n_step_training_feeds_per_transition_discounts(
+    datasets: dict[str, Path], tmp_path: Path, seen_batches: list[Any], mixing: str
+) -> None:
+    seen = seen_batches
     cfg = config(datasets, tmp_path / mixing, steps=8, n_step=4, mixing=mixing, success_terminal=True)
     run = train_offline(cfg)
     assert json.loads((run / "run.json").read_text())["config"]["n_step"] == 4
@@ -266,17 +263,8 @@ def test_n_step_training_feeds_per_transition_discounts(
         train_offline(config(datasets, tmp_path / "bad", n_step=0))
 
 
-def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from robot_rl.algos.cql import CQL
-
-    seen: list[Any] = []
-    update = CQL.update
-
-    def spy(self: CQL, batch: Any) -> dict[str, float]:
-        seen.append(batch)
-        return update(self, batch)
-
-    monkeypatch.setattr(CQL, "update", spy)
+def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, seen_batches: list[Any]) -> None:
+    seen = seen_batches
     cfg = config(datasets, tmp_path / "prior", steps=4, n_step=4, n_step_data="prior")
     train_offline(cfg)
     gamma, half = cfg.cql.discount, cfg.batch_size // 2
@@ -291,7 +279,9 @@ def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, mo
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"), ("steps", -5, "steps must be >= 1, got -5"),
-     ("task_fraction", 1.5, "task_fraction must be in"), ("eval_episodes", -1, "eval_episodes must be >= 0")],
+     ("task_fraction", 1.5, "task_fraction must be in"), ("eval_episodes", -1, "eval_episodes must be >= 0"),
+     ("cql", CQLConfig(bc_weight=-0.1), r"cql.bc_weight must be a finite number >= 0, got -0.1"),
+     ("n_step", 0, "n_step must be >= 1")],
 )  # fmt: skip
 def test_a_config_that_cannot_run_is_refused_before_the_run_folder_exists(
     datasets: dict[str, Path], tmp_path: Path, field: str, value: float, message: str

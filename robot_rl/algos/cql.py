@@ -201,6 +201,8 @@ class CQL:
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
+        if not (math.isfinite(cfg.bc_weight) and cfg.bc_weight >= 0):
+            raise ValueError(f"bc_weight must be a finite number >= 0, got {cfg.bc_weight}")
         if cfg.lagrange and cfg.cql_weight <= 0:
             raise ValueError(f"with lagrange, cql_weight is alpha' and must be > 0, got {cfg.cql_weight}")
         # alpha' is a parameter only when tuned (log of the weight, so that it stays positive); a fixed weight may
