@@ -481,6 +481,9 @@ def test_a_fine_tuning_run_leaves_its_ensemble_policy(cog_runs: dict[str, Any], 
     run = finetune(config(cog_runs["runs"], tmp_path / "ft", online_steps=10, first_batch=10, eval_every=10))
     policy = Policy.load(run / "policy")
     assert policy.spec.members == 2 and policy.info["online_steps"] == 10
+    # each evaluation's policy is kept: the joined agents before any online step, and after the 10 steps
+    assert sorted(p.name for p in (run / "policies").iterdir()) == ["step0", "step10"]
+    assert [Policy.load(run / "policies" / s).info["online_steps"] for s in ("step0", "step10")] == [0, 10]
 
 
 # -- image runs ------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from robot_rl.checkpoints import load_learner
 from robot_rl.data.episodes import DatasetError
 from robot_rl.data.replay import Batch, load_dataset
 from robot_rl.networks import ConvConfig
+from robot_rl.policy import Policy
 from robot_rl.train import offline
 from robot_rl.train.logger import read_metrics
 from robot_rl.train.offline import OfflineConfig, TrainingError, train_offline
@@ -122,6 +123,12 @@ def test_evaluating_leaves_training_as_it_would_be_without(datasets: dict[str, P
 
     assert len([r for r in read_metrics(busy / "metrics.jsonl") if "eval/success" in r]) == 4
     assert losses(busy) == pytest.approx(losses(quiet), rel=1e-6)
+    # every evaluated policy is kept: the step-5 policy differs from the final one, which equals policy/
+    assert sorted(p.name for p in (busy / "policies").iterdir()) == ["step10", "step15", "step20", "step5"]
+    final = Policy.load(busy / "policy").actor.state_dict()
+    kept = {s: Policy.load(busy / "policies" / s).actor.state_dict() for s in ("step5", "step20")}
+    assert all(torch.equal(final[k], kept["step20"][k]) for k in final)
+    assert not all(torch.equal(final[k], kept["step5"][k]) for k in final)
 
 
 def test_nan_in_a_batch_stops_training_and_keeps_the_last_good_checkpoint(
@@ -176,7 +183,6 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
 def test_state_standardisation_comes_from_the_training_data_and_ships_with_the_policy(
     datasets: dict[str, Path], tmp_path: Path
 ) -> None:
-    from robot_rl.policy import Policy
 
     run = train_offline(config(datasets, tmp_path / "norm", steps=2, log_every=1))
     task = load_dataset(datasets["task"], keys=("state", "privileged"))

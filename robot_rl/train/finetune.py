@@ -25,7 +25,8 @@ with `updates_per_step=1` is the same ratio, interleaved):
 Run folder: run.json (this config), metrics.jsonl (one row per `log_every` online steps and per evaluation, each with
 `online_steps`; `train/offline_fraction` is the mean share of offline transitions in the RL batches since the last row),
 learning_curves.png, policy/ (the deployable policy of the latest evaluation: all N actors, acting with their moment-
-matched Gaussian; `robot-rl eval RUN/policy` runs it), checkpoints/latest. A checkpoint holds the whole learner (agent,
+matched Gaussian; `robot-rl eval RUN/policy` runs it), policies/step{N}/ (the policy evaluated after N online steps,
+one per evaluation), checkpoints/latest. A checkpoint holds the whole learner (agent,
 density ratio, optimisers, sum-tree priorities, RNG states) and the online data (online.npz, plain arrays, loaded
 without pickle), and is written when an episode ends, so that resuming (`resume=RUN`) continues exactly as the
 uninterrupted run would: the next episode's reset seed is a function of (seed, episode number) and every random
@@ -646,7 +647,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         # The deployable policy (all N actors, acting with their moment-matched Gaussian), then its evaluation.
         info_record = {"online_steps": counters["online_steps"], "runs": [str(r) for r in cfg.runs]}
         with torch.random.fork_rng(devices=[]):  # exporting builds modules: training's draws stay as they were
-            export_policy(agent, spec, use_privileged=not image, info=info_record).save(run / "policy")
+            policy = export_policy(agent, spec, use_privileged=not image, info=info_record)
+            policy.save(run / "policies" / f"step{counters['online_steps']}")  # one per evaluation, kept
+            policy.save(run / "policy")
             result = evaluate(EnsembleActingPolicy(agent, deterministic=True, image=image), eval_cfg)
         return {**result.summary(), "online_steps": float(counters["online_steps"])}
 

@@ -10,7 +10,9 @@ The methods share everything but the sampler and the loss:
 | bc  | task only, or task + prior pooled (`bc_data="all"`) | BC |
 
 A run folder holds the resolved config and versions (run.json), metrics.jsonl, checkpoints/latest (the learner,
-for exact resume), policy/ (the deployable policy of the latest evaluation), evaluation videos and learning curves.
+for exact resume), policy/ (the deployable policy of the latest evaluation), policies/step{N}/ (the policy evaluated
+at step N, one per evaluation, so a run can be inspected after the fact where it stood along the way), evaluation
+videos and learning curves.
 """
 
 from __future__ import annotations
@@ -269,6 +271,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         # the same whatever the evaluation schedule, and a resume from the checkpoint taken before it exact.
         with torch.random.fork_rng(devices=[]):
             policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+            policy.save(run / "policies" / f"step{step}")
             folder = policy.save(run / "policy")
             load = functools.partial(Policy.load, folder)
             result = evaluate_parallel(load, eval_cfg, run / "videos" / f"step{step}")
