@@ -330,10 +330,11 @@ def test_bc_warm_start(monkeypatch: pytest.MonkeyPatch) -> None:
         bc: bool,
         margin: float,
         bc_weight: float,
+        awr: tuple[float, float] | None,
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
-        assert bc_weight == 0.0  # COG's default: the critic alone after the warm start
+        assert bc_weight == 0.0 and awr is None  # COG's default: the critic alone after the warm start
         rng = torch.get_rng_state()
-        result = original(q, actor, features, critic_features, batch, alpha, bc, margin, bc_weight)
+        result = original(q, actor, features, critic_features, batch, alpha, bc, margin, bc_weight, awr)
         rng_after = torch.get_rng_state()
         torch.set_rng_state(rng)  # redraw the same a~ for the expected values
         with torch.no_grad():
@@ -474,6 +475,63 @@ def test_bc_weight_adds_the_datas_likelihood_on_the_scale_of_q() -> None:
         return sum(float((-g * lg).sum()) for g, lg in zip(grads, likelihood_grad, strict=True))
 
     assert likelihood_gain(50.0) > likelihood_gain(0.0) + 1e-3
+
+
+def test_awr_extracts_the_actor_from_the_datas_actions_weighted_by_advantage() -> None:
+    """actor_objective "awr": the loss equals the formula (normalised, clipped exp-advantage weights on the data's
+    log-likelihood), and steps on it move the policy towards the data action with the larger advantage."""
+    torch.manual_seed(0)
+    agent = CQL(CQLConfig(hidden=(16, 16)), None, state_dim=3, action_dim=2)
+    state = torch.randn(1, 3).expand(2, 3)  # one state, two data actions far apart
+    batch = make_batch(2, state_dim=3, action_dim=2)
+    batch = TorchBatch(TorchObs(None, state), torch.tensor([[0.6, 0.6], [-0.6, -0.6]]), batch.reward,
+                       batch.next_obs, batch.terminated, batch.truncated)  # fmt: skip
+    critic_features = agent.q.encode(None, batch.obs.state).detach()
+    alpha = torch.tensor(0.0)
+    temperature, max_weight = 0.05, 100.0
+
+    def loss(awr: tuple[float, float] | None) -> tuple[Tensor, dict[str, float]]:
+        torch.manual_seed(5)  # the same sampled a~ each time
+        features = agent.actor.encode(None, batch.obs.state)
+        result = actor_loss(agent.q, agent.actor, features, critic_features, batch, alpha, False, 0.01, 0.0, awr)
+        return result[0], result[2]
+
+    torch.manual_seed(5)
+    features = agent.actor.encode(None, batch.obs.state)
+    sampled, _ = agent.actor.sample(features, 1)
+    with torch.no_grad():
+        q_data = agent.q.q(critic_features, batch.action.unsqueeze(1)).min(dim=0).values[:, 0]
+        q_pi = agent.q.q(critic_features, sampled).min(dim=0).values[:, 0]
+        scale = torch.cat([q_data, q_pi]).abs().mean()
+        weight = torch.exp((q_data - q_pi) / (temperature * scale)).clamp(max=max_weight)
+        log_likelihood = agent.actor.log_prob(features, batch.action, 0.01)
+    value, metrics = loss((temperature, max_weight))
+    torch.testing.assert_close(value, -(weight / weight.mean() * log_likelihood).mean(), rtol=1e-5, atol=1e-5)
+    assert metrics["actor/awr_max_share"] == pytest.approx((weight.max() / weight.sum()).item(), rel=1e-5)
+    assert not torch.allclose(loss(None)[0], value)  # "sac" is another objective
+
+    better = int(weight.argmax())  # the data action with the larger advantage over its row's a~
+    assert weight[better] > 1.5 * weight[1 - better]
+    before = log_likelihood.clone()
+    optimizer = torch.optim.SGD(agent.actor.parameters(), lr=0.05)
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss((temperature, max_weight))[0].backward()
+        optimizer.step()
+    with torch.no_grad():
+        gain = agent.actor.log_prob(agent.actor.encode(None, batch.obs.state), batch.action, 0.01) - before
+    assert gain[better] > gain[1 - better]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("awr_temperature", 0.0, "awr_temperature must be a finite number > 0"),
+     ("awr_max_weight", float("nan"), "awr_max_weight must be a finite number >= 1"),
+     ("actor_objective", "td3", "actor_objective must be 'sac' or 'awr'")],
+)  # fmt: skip
+def test_bad_awr_settings_are_refused(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CQL(CQLConfig(hidden=(8,), **{field: value}), None, state_dim=3, action_dim=2)
 
 
 def test_a_negative_or_nan_bc_weight_is_refused() -> None:

@@ -75,6 +75,16 @@ def test_every_algorithm_runs_and_writes_its_run_folder(datasets: dict[str, Path
         assert all("critic/cql_gap" in r for r in rows if "actor/loss" in r)
 
 
+def test_awr_actor_extraction_trains_end_to_end(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """`--cql.actor-objective awr`: after the warm start the actor's rows carry the AWR metrics, before it none."""
+    cql = CQLConfig(**TINY_NET, actor_objective="awr", bc_warm_start_steps=10)  # type: ignore[arg-type]
+    run = train_offline(config(datasets, tmp_path / "awr", cql=cql))
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "actor/loss" in r]
+    assert [r["step"] for r in rows if "actor/awr_max_share" in r] == [15, 20]  # updates 11..20 are AWR's
+    assert all(0 < r["actor/awr_max_share"] <= 1 for r in rows if "actor/awr_max_share" in r)
+    assert json.loads((run / "run.json").read_text())["config"]["cql"]["actor_objective"] == "awr"
+
+
 def test_image_observations(datasets: dict[str, Path], tmp_path: Path) -> None:
     run = train_offline(config(datasets, tmp_path / "image", observation="image", steps=4, log_every=2))
     rows = read_metrics(run / "metrics.jsonl")
@@ -287,6 +297,7 @@ def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, se
     [("checkpoint_every", 0, "checkpoint_every must be >= 1, got 0"), ("steps", -5, "steps must be >= 1, got -5"),
      ("task_fraction", 1.5, "task_fraction must be in"), ("eval_episodes", -1, "eval_episodes must be >= 0"),
      ("cql", CQLConfig(bc_weight=-0.1), r"cql.bc_weight must be a finite number >= 0, got -0.1"),
+     ("cql", CQLConfig(awr_temperature=-1.0), r"cql.awr_temperature must be a finite number > 0, got -1.0"),
      ("n_step", 0, "n_step must be >= 1")],
 )  # fmt: skip
 def test_a_config_that_cannot_run_is_refused_before_the_run_folder_exists(

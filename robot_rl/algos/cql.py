@@ -15,7 +15,9 @@ Critic ensemble Q_1..Q_N with targets Qbar_n, tanh-Gaussian policy pi, entropy t
       importance sampled as in the authors' code)
     L_critic = sum_n L_TD(Q_n) + w_cql L_CQL(Q_n),  w_cql fixed or alpha' (Lagrange): alpha' (L_CQL - tau)
     L_actor = mean alpha log pi(a~|s) - min_n Q_n(s, a~),  a~ ~ pi(.|s)   (BC warm start: log pi(a|s) in place of Q;
-      with bc_weight w, - w mean|Q| log pi(a|s) is added after it)
+      with bc_weight w, - w mean|Q| log pi(a|s) is added after it; with actor_objective "awr", the critic's term
+      is replaced by w(s, a) log pi(a|s), w = min(exp(A / (T mean|Q|)), max weight) normalised by its batch mean,
+      A(s, a) = min_n Q_n(s, a) - min_n Q_n(s, a~))
     L_alpha = -mean log alpha (log pi(a~|s) + target entropy)
 
 Each observation is encoded once per network and its features are reused for every action it is paired with.
@@ -82,6 +84,32 @@ class CQLConfig:
     """After the warm start, add the data's log-likelihood to the actor's objective with this weight times the
     batch's mean |Q| (TD3+BC's normalisation, Fujimoto & Gu 2021, for a stochastic policy): the policy stays near
     the data's actions where the critic does not clearly prefer others. 0 (COG): the critic alone."""
+    actor_objective: Literal["sac", "awr"] = "sac"
+    """After the warm start, "sac" (COG) trains the actor on the critic's value of its own sampled actions; "awr"
+    extracts it from the data instead, by advantage-weighted regression (AWR, Peng et al. 2019; CRR, Wang et al.
+    2020): maximise exp(A(s, a) / T) log pi(a|s) over the batch's actions a (the weights normalised by their batch
+    mean, as AWAC), A(s, a) = Q(s, a) - Q(s, a~), a~ ~ pi(.|s). The critic is trained as before (CQL); the actor
+    never leaves the data's support, and among the data's actions it prefers those the critic ranks above what the
+    policy does now."""
+    awr_temperature: float = 0.05
+    """T of "awr", in units of the batch's mean |Q| (so that it does not depend on the reward's scale): with
+    rewards scaled to Q in [0, 100] and |Q| ~ 70, 0.05 weighs an advantage of 3.5 by e."""
+    awr_max_weight: float = 100.0
+    """Clip of the AWR weights exp(A / T), so that a few overestimated actions cannot take over the batch."""
+
+
+def check_cql_config(cfg: CQLConfig) -> None:
+    """Refuse settings that cannot train (ValueError naming the field)."""
+    if not (math.isfinite(cfg.bc_weight) and cfg.bc_weight >= 0):
+        raise ValueError(f"bc_weight must be a finite number >= 0, got {cfg.bc_weight}")
+    if cfg.actor_objective not in ("sac", "awr"):
+        raise ValueError(f"actor_objective must be 'sac' or 'awr', got {cfg.actor_objective!r}")
+    if not (math.isfinite(cfg.awr_temperature) and cfg.awr_temperature > 0):
+        raise ValueError(f"awr_temperature must be a finite number > 0, got {cfg.awr_temperature}")
+    if not (math.isfinite(cfg.awr_max_weight) and cfg.awr_max_weight >= 1):
+        raise ValueError(f"awr_max_weight must be a finite number >= 1, got {cfg.awr_max_weight}")
+    if cfg.lagrange and cfg.cql_weight <= 0:
+        raise ValueError(f"cql_weight must be > 0 with lagrange (it is alpha'), got {cfg.cql_weight}")
 
 
 def conservative_gap(
@@ -161,22 +189,38 @@ def actor_loss(
     bc: bool,
     bc_margin: float = 0.01,
     bc_weight: float = 0.0,
+    awr: tuple[float, float] | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """L_actor; with `bc`, the BC warm start. `features` (B, Fa) are the actor's features of s (with gradient);
-    `critic_features` (N, B, F) the critic's, detached, so that only the actor is trained by this loss. Returns
-    (loss, log pi of the sampled actions (B,), metrics)."""
+    """L_actor; with `bc`, the BC warm start; with `awr` = (temperature, max weight), advantage-weighted regression
+    onto the data's actions (see `CQLConfig.actor_objective`). `features` (B, Fa) are the actor's features of s (with
+    gradient); `critic_features` (N, B, F) the critic's, detached, so that only the actor is trained by this loss.
+    Returns (loss, log pi of the sampled actions (B,), metrics)."""
     action, log_prob = actor.sample(features, 1)  # (B, 1, A), (B, 1)
     log_prob = log_prob.squeeze(1)
+    metrics: dict[str, float] = {}
     # BC warm start: the data's log-likelihood in place of the critic's value.
     if bc:
         value = actor.log_prob(features, batch.action, eps=bc_margin)
+    elif awr is not None:
+        temperature, max_weight = awr
+        with torch.no_grad():
+            both = torch.cat([batch.action.unsqueeze(1), action], dim=1)  # (B, 2, A): the data's, the policy's
+            q_both = q.q(critic_features, both).min(dim=0).values  # (B, 2)
+            advantage = q_both[:, 0] - q_both[:, 1]
+            weight = torch.exp(advantage / (temperature * q_both.abs().mean().clamp(min=1e-6))).clamp(max=max_weight)
+        # Normalised over the batch (as AWAC's softmax): the loss keeps BC's scale whatever the advantages.
+        value = weight / weight.mean() * actor.log_prob(features, batch.action, eps=bc_margin)
+        metrics = {
+            "actor/awr_advantage": advantage.mean().item(),
+            "actor/awr_max_share": (weight.max() / weight.sum()).item(),  # the largest weight's share of the batch
+        }
     else:
         with frozen(q):
             value = q.q(critic_features, action).min(dim=0).values[:, 0]
         if bc_weight > 0:  # TD3+BC-style anchor: the data's log-likelihood, on the scale of the batch's Q
             value = value + bc_weight * value.abs().mean().detach() * actor.log_prob(features, batch.action, bc_margin)
     loss = (alpha.detach() * log_prob - value).mean()
-    return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item()}
+    return loss, log_prob.detach(), {"actor/loss": loss.item(), "actor/entropy": -log_prob.mean().item(), **metrics}
 
 
 def alpha_loss(log_alpha: Tensor, log_prob: Tensor, target_entropy: float) -> tuple[Tensor, dict[str, float]]:
@@ -201,10 +245,7 @@ class CQL:
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
-        if not (math.isfinite(cfg.bc_weight) and cfg.bc_weight >= 0):
-            raise ValueError(f"bc_weight must be a finite number >= 0, got {cfg.bc_weight}")
-        if cfg.lagrange and cfg.cql_weight <= 0:
-            raise ValueError(f"with lagrange, cql_weight is alpha' and must be > 0, got {cfg.cql_weight}")
+        check_cql_config(cfg)
         # alpha' is a parameter only when tuned (log of the weight, so that it stays positive); a fixed weight may
         # be 0, which makes this plain SAC on offline data.
         log_weight = math.log(cfg.cql_weight) if cfg.lagrange else 0.0
@@ -248,6 +289,7 @@ class CQL:
                 self.steps < cfg.bc_warm_start_steps,
                 cfg.bc_action_margin,
                 cfg.bc_weight,
+                (cfg.awr_temperature, cfg.awr_max_weight) if cfg.actor_objective == "awr" else None,
             )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()

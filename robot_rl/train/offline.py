@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from robot_rl.algos.batch import to_torch
 from robot_rl.algos.bc import BC, BCConfig
-from robot_rl.algos.cql import CQL, CQLConfig
+from robot_rl.algos.cql import CQL, CQLConfig, check_cql_config
 from robot_rl.data.replay import Batch, TransitionStore, concatenate, load_dataset
 from robot_rl.data.validate import check_compatible
 from robot_rl.networks import set_state_statistics
@@ -208,8 +208,10 @@ def check_config(cfg: OfflineConfig) -> None:
     """Refuse a config that cannot run, before anything is written, naming the field."""
     if not (math.isfinite(cfg.reward_scale) and cfg.reward_scale > 0):
         raise TrainingError(f"reward_scale must be a finite number > 0, got {cfg.reward_scale}")
-    if not (math.isfinite(cfg.cql.bc_weight) and cfg.cql.bc_weight >= 0):
-        raise TrainingError(f"cql.bc_weight must be a finite number >= 0, got {cfg.cql.bc_weight}")
+    try:
+        check_cql_config(cfg.cql)
+    except ValueError as error:
+        raise TrainingError(f"cql.{error}") from None
     if not 0.0 <= cfg.task_fraction <= 1.0:
         raise TrainingError(f"task_fraction must be in [0, 1], got {cfg.task_fraction}")
     at_least = {"steps": 1, "batch_size": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1, "eval_workers": 1}
