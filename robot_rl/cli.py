@@ -254,6 +254,8 @@ def evaluate(cmd: EvalCommand) -> None:
         print("  failed episodes stopped before: " + ", ".join(f"{k} {n}" for k, n in result.stopped_at().items()))
         undone = ", ".join(f"{k} {v:.2f}" for k, v in result.undone_rates().items())
         print(f"  reached, then undone by the end: {undone}")
+        first = ", ".join(f"{k} {v:g}" for k, v in result.first_steps().items())
+        print(f"  first reached at step (median over the episodes that reached it): {first}")
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,11 @@ def test_milestones_say_where_failed_episodes_stopped() -> None:
     assert result.reached_rates() == {"bottom_open": 1 / 3, "object_held": 0.0, "success": 0.0}
     assert result.stopped_at() == {"bottom_open": 2, "object_held": 1, "success": 0}
     assert result.summary()["eval/reached/bottom_open"] == 1 / 3
+    # when: the scripted opening holds the drawer open from some step on, before the horizon; idle episodes never
+    assert 0 < opened.first_step["bottom_open"] < opened.steps and set(opened.first_step) == {"bottom_open"}
+    assert idle.first_step == {}
+    assert result.first_steps() == {"bottom_open": opened.first_step["bottom_open"]}
+    assert result.to_dict()["first_step"] == result.first_steps()
 
 
 def test_a_milestone_reached_and_then_undone_is_counted_as_undone() -> None:

@@ -67,6 +67,8 @@ class EpisodeOutcome:
     final: dict[str, bool] = field(default_factory=dict)
     """Each milestone at the final step: a milestone reached but no longer holding was undone (a drawer opened and
     pushed shut again, an object grasped and dropped)."""
+    first_step: dict[str, int] = field(default_factory=dict)
+    """Each milestone reached: the step (1-based; 0 for one holding at reset) at which it first held."""
 
     @property
     def stopped_at(self) -> str | None:
@@ -119,6 +121,14 @@ class EvalResult:
             for name in self.milestones()
         }
 
+    def first_steps(self) -> dict[str, float]:
+        """Median step at which each milestone first held, over the episodes that reached it (omitted where none
+        did), in task order: whether a policy is slow, next to the horizon, or fails outright."""
+        steps = {
+            name: [e.first_step[name] for e in self.episodes if name in e.first_step] for name in self.milestones()
+        }
+        return {name: float(np.median(values)) for name, values in steps.items() if values}
+
     def summary(self) -> dict[str, float]:
         reached = {f"eval/reached/{name}": rate for name, rate in self.reached_rates().items()}
         return {
@@ -131,7 +141,7 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "initial_condition": self.initial_condition, "videos": self.videos,
-                "stopped_at": self.stopped_at(), "undone": self.undone_rates(),
+                "stopped_at": self.stopped_at(), "undone": self.undone_rates(), "first_step": self.first_steps(),
                 "per_episode": [asdict(e) for e in self.episodes]}  # fmt: skip
 
 
@@ -157,6 +167,7 @@ def run_episode(
     ever, total, steps, done = bool(info.get("success", False)), 0.0, 0, False
     current = _milestones(info)  # the milestones at the latest step
     reached = dict(current)
+    first_step = {name: 0 for name, hit in current.items() if hit}
     if frames is not None and "image" in obs:
         frames.append(upscale(obs["image"], 192))
     while not done:
@@ -167,10 +178,12 @@ def run_episode(
         current = _milestones(info)
         for name, hit in current.items():
             reached[name] = reached.get(name, False) or hit
+            if hit:
+                first_step.setdefault(name, steps)
         done = terminated or truncated
         if frames is not None and "image" in obs:
             frames.append(upscale(obs["image"], 192))
-    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached, current)
+    return EpisodeOutcome(seed, bool(info.get("success", False)), ever, steps, total, reached, current, first_step)
 
 
 def evaluate(
