@@ -509,6 +509,9 @@ def test_awr_extracts_the_actor_from_the_datas_actions_weighted_by_advantage() -
     torch.testing.assert_close(value, -(weight / weight.mean() * log_likelihood).mean(), rtol=1e-5, atol=1e-5)
     assert metrics["actor/awr_max_share"] == pytest.approx((weight.max() / weight.sum()).item(), rel=1e-5)
     assert not torch.allclose(loss(None)[0], value)  # "sac" is another objective
+    # however small the temperature (weights far below float's range), the loss stays finite: all mass on the best
+    tiny, tiny_metrics = loss((1e-9, max_weight))
+    assert torch.isfinite(tiny) and tiny_metrics["actor/awr_max_share"] == pytest.approx(1.0)
 
     better = int(weight.argmax())  # the data action with the larger advantage over its row's a~
     assert weight[better] > 1.5 * weight[1 - better]

@@ -193,7 +193,6 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
 def test_state_standardisation_comes_from_the_training_data_and_ships_with_the_policy(
     datasets: dict[str, Path], tmp_path: Path
 ) -> None:
-
     run = train_offline(config(datasets, tmp_path / "norm", steps=2, log_every=1))
     task = load_dataset(datasets["task"], keys=("state", "privileged"))
     prior = load_dataset(datasets["prior"], keys=("state", "privileged"))

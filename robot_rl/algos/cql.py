@@ -207,13 +207,13 @@ def actor_loss(
             both = torch.cat([batch.action.unsqueeze(1), action], dim=1)  # (B, 2, A): the data's, the policy's
             q_both = q.q(critic_features, both).min(dim=0).values  # (B, 2)
             advantage = q_both[:, 0] - q_both[:, 1]
-            weight = torch.exp(advantage / (temperature * q_both.abs().mean().clamp(min=1e-6))).clamp(max=max_weight)
-        # Normalised over the batch (as AWAC's softmax): the loss keeps BC's scale whatever the advantages.
-        value = weight / weight.mean() * actor.log_prob(features, batch.action, eps=bc_margin)
-        metrics = {
-            "actor/awr_advantage": advantage.mean().item(),
-            "actor/awr_max_share": (weight.max() / weight.sum()).item(),  # the largest weight's share of the batch
-        }
+            scale = temperature * q_both.abs().mean().clamp(min=1e-6)
+            log_weight = (advantage / scale).clamp(max=math.log(max_weight))
+            # min(exp(.), max) over its batch mean, as a softmax (AWAC's): BC's scale whatever the advantages, and no
+            # overflow or 0/0 however small the temperature.
+            share = torch.softmax(log_weight, dim=0)  # (B,)
+        value = share * len(share) * actor.log_prob(features, batch.action, eps=bc_margin)
+        metrics = {"actor/awr_advantage": advantage.mean().item(), "actor/awr_max_share": share.max().item()}
     else:
         with frozen(q):
             value = q.q(critic_features, action).min(dim=0).values[:, 0]

@@ -147,6 +147,7 @@ def make_sampler(cfg: OfflineConfig, task: TransitionStore, prior: TransitionSto
 
     match cfg.algo, prior:
         case (("cog" | "sac"), TransitionStore()) if cfg.mixing == "ratio":
+            # one-step task transitions still go through n_step(1): the mix needs both stores to carry discounts
             task_n = 1 if cfg.n_step_data == "prior" else cfg.n_step
             return CogMixSampler(returns(task, task_n), returns(prior), cfg.task_fraction)
         case (("cog" | "sac" | "bc"), TransitionStore()):
