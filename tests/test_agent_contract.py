@@ -24,6 +24,7 @@ Agent = CQL | BC
 AGENTS: dict[str, Callable[[], Agent]] = {
     "cql_image": lambda: CQL(CQLConfig(hidden=(16,), conv=CONV, sampled_actions=2), IMAGE, 5, 5),
     "cql_state": lambda: CQL(CQLConfig(hidden=(16, 16), lagrange=True), None, 5, 5),
+    "cql_state_layer_norm": lambda: CQL(CQLConfig(hidden=(16, 16), critic_layer_norm=True), None, 5, 5),
     "bc_image": lambda: BC(BCConfig(hidden=(16,), conv=CONV), IMAGE, 5, 5),
 }
 SPEC = {

@@ -247,6 +247,21 @@ def test_stack_critics_members_equal_the_critics() -> None:
         stack_critics(qs)
 
 
+def test_stack_critics_keeps_layer_normalisation() -> None:
+    qs = [QEnsemble(2, None, 3, 2, hidden=(8, 6), layer_norm=True) for _ in range(2)]
+    for q in qs:  # member-specific gains and biases, so that a wrong layout shows
+        for name, p in q.named_parameters():
+            if "norm" in name or name.startswith("head.net.1."):
+                torch.nn.init.uniform_(p, 0.5, 1.5)
+    stacked = stack_critics(qs)
+    assert stacked.layer_norm
+    state, action = torch.randn(5, 3), torch.rand(5, 2) * 2 - 1
+    for i, q in enumerate(qs):
+        torch.testing.assert_close(stacked(None, state, action)[2 * i : 2 * i + 2], q(None, state, action))
+    with pytest.raises(ValueError, match="layer normalisation"):
+        stack_critics([qs[0], QEnsemble(2, None, 3, 2, hidden=(8, 6))])
+
+
 def test_ensemble_q_is_the_mean_of_each_agents_twin_min() -> None:
     q_all = torch.tensor([[1.0, 5.0], [2.0, 3.0], [-1.0, 0.0], [4.0, -2.0], [7.0, 1.0], [6.0, 9.0]])  # (N*M=6, B=2)
     # Agents (rows 0-1, 2-3, 4-5): mins [1, 3], [-1, -2], [6, 1].

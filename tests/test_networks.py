@@ -20,6 +20,7 @@ from robot_rl.data.replay import Batch, Observation
 from robot_rl.networks import (
     ConvConfig,
     EnsembleConvEncoder,
+    EnsembleLayerNorm,
     EnsembleLinear,
     EnsembleMLP,
     MaxPool2x2,
@@ -63,15 +64,25 @@ def observation(batch: int, state_dim: int = 2) -> tuple[Tensor, Tensor]:
 
 
 # -- ensembles: one forward, independent members -------------------------------------------------------------------
-def test_q_ensemble_members_equal_standalone_copies() -> None:
+def randomise_layer_norms(module: nn.Module) -> None:
+    """Random gains and biases in every `EnsembleLayerNorm` (they start at 1 and 0, the same for every member)."""
+    for sub in module.modules():
+        if isinstance(sub, EnsembleLayerNorm):
+            nn.init.uniform_(sub.weight, 0.5, 1.5)
+            nn.init.uniform_(sub.bias, -0.5, 0.5)
+
+
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_q_ensemble_members_equal_standalone_copies(layer_norm: bool) -> None:
     members, state_dim, action_dim = 3, 2, 2
-    big = QEnsemble(members, IMAGE, state_dim, action_dim, hidden=(8, 6), conv=SMALL_CONV)
+    big = QEnsemble(members, IMAGE, state_dim, action_dim, hidden=(8, 6), conv=SMALL_CONV, layer_norm=layer_norm)
+    randomise_layer_norms(big)
     image, state = observation(5, state_dim)
     action = torch.rand(5, action_dim) * 2 - 1
     q = big(image, state, action)  # (N, B)
     assert q.shape == (members, 5)
     for n in range(members):
-        single = QEnsemble(1, IMAGE, state_dim, action_dim, hidden=(8, 6), conv=SMALL_CONV)
+        single = QEnsemble(1, IMAGE, state_dim, action_dim, hidden=(8, 6), conv=SMALL_CONV, layer_norm=layer_norm)
         single.load_state_dict(member_state_dict(big, n, members))
         torch.testing.assert_close(single(image, state, action)[0], q[n], rtol=1e-5, atol=1e-5)
     # The members differ (independent initialisation), so the equalities above are not trivial.
@@ -133,12 +144,49 @@ def test_ensemble_linear_and_mlp_members_equal_standalone_copies() -> None:
     for big, make_single in (
         (EnsembleLinear(members, 5, 4), lambda: EnsembleLinear(1, 5, 4)),
         (EnsembleMLP(members, 5, (6, 3), 2), lambda: EnsembleMLP(1, 5, (6, 3), 2)),
+        (EnsembleMLP(members, 5, (6, 3), 2, layer_norm=True), lambda: EnsembleMLP(1, 5, (6, 3), 2, layer_norm=True)),
     ):
+        randomise_layer_norms(big)
         y = big(x)
         for n in range(members):
             single = make_single()
             single.load_state_dict(member_state_dict(big, n, members))
             torch.testing.assert_close(single(x[n : n + 1])[0], y[n], rtol=1e-5, atol=1e-5)
+
+
+def test_layer_normed_critic_equals_its_formula() -> None:
+    """Q = W3 relu(LN(W2 relu(LN(W_f f + W_a a + b1)) + b2)) + b3 per member, LN with the member's own gain and bias;
+    without layer_norm the same weights give a different function (the normalisation is really applied)."""
+    members, state_dim, action_dim = 2, 3, 2
+    q = QEnsemble(members, None, state_dim, action_dim, hidden=(8, 6), layer_norm=True)
+    randomise_layer_norms(q)
+    state, action = torch.randn(5, state_dim) * 3, torch.rand(5, action_dim) * 2 - 1
+    linears = [m for m in q.head.net if isinstance(m, EnsembleLinear)]
+    norms = [q.norm_in, *(m for m in q.head.net if isinstance(m, EnsembleLayerNorm))]
+    assert len(linears) == 2 and len(norms) == 2
+    for n in range(members):
+
+        def norm(x: Tensor, i: int, n: int = n) -> Tensor:
+            layer = norms[i]
+            assert isinstance(layer, EnsembleLayerNorm)
+            centred = x - x.mean(-1, keepdim=True)
+            scaled = centred / torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + layer.eps)
+            return scaled * layer.weight[n, 0] + layer.bias[n, 0]
+
+        pre = state @ q.feature_in.weight[n] + action @ q.action_in.weight[n] + q.feature_in.bias[n, 0]  # type: ignore[index]
+        h = torch.relu(norm(pre, 0))
+        h = torch.relu(norm(h @ linears[0].weight[n] + linears[0].bias[n, 0], 1))  # type: ignore[index]
+        expected = (h @ linears[1].weight[n] + linears[1].bias[n, 0]).squeeze(-1)  # type: ignore[index]
+        torch.testing.assert_close(q(None, state, action)[n], expected, rtol=1e-5, atol=1e-5)
+    # Normalised, the first layer's scale does not matter (LN(c x) = LN(x)); without normalisation it does.
+    for layer_norm in (True, False):
+        net = QEnsemble(members, None, state_dim, action_dim, hidden=(8, 6), layer_norm=layer_norm)
+        before = net(None, state, action)
+        with torch.no_grad():
+            for p in (net.feature_in.weight, net.feature_in.bias, net.action_in.weight):
+                assert p is not None
+                p.mul_(7.0)
+        assert torch.allclose(net(None, state, action), before, atol=1e-4) == layer_norm
 
 
 def test_ensemble_linear_is_a_batched_affine_map() -> None:

@@ -52,6 +52,8 @@ class CQLConfig:
     """Hidden layers of the critic and actor heads (COG)."""
     conv: ConvConfig = field(default_factory=ConvConfig)
     """Image encoder of each network (COG's by default)."""
+    critic_layer_norm: bool = False
+    """Layer-normalise every hidden layer of the critics' heads (see `QEnsemble`). COG: off."""
     actor_lr: float = 1e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 1e-4
@@ -241,7 +243,9 @@ class CQL:
         device: torch.device | str = "cpu",
     ) -> None:
         self.cfg, self.device = cfg, torch.device(device)
-        self.q = QEnsemble(cfg.critics, image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
+        self.q = QEnsemble(
+            cfg.critics, image_shape, state_dim, action_dim, cfg.hidden, cfg.conv, cfg.critic_layer_norm
+        ).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))

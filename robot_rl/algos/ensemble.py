@@ -227,7 +227,11 @@ def stack_critics(qs: Sequence[QEnsemble]) -> QEnsemble:
         if q.members != first.members or _image_architecture(q.encoder)[1] != conv:
             raise ValueError("the critics differ in members or image-encoder architecture")
     hidden = (first.feature_in.weight.shape[2], *_mlp_sizes(first.head)[1:-1])
-    stacked = QEnsemble(len(qs) * first.members, image_shape, first.encoder.state_dim, first.action_dim, hidden, conv)
+    if any(q.layer_norm != first.layer_norm for q in qs[1:]):
+        raise ValueError("the critics differ in layer normalisation")
+    stacked = QEnsemble(
+        len(qs) * first.members, image_shape, first.encoder.state_dim, first.action_dim, hidden, conv, first.layer_norm
+    )
     _load_stacked(stacked, qs)
     return stacked.to(next(first.parameters()).device)
 

@@ -8,6 +8,7 @@ matrix products), which is what makes a twin or 10-member critic cost little mor
 from robot_rl.networks.modules import (
     ConvConfig,
     EnsembleConvEncoder,
+    EnsembleLayerNorm,
     EnsembleLinear,
     EnsembleMLP,
     EnsembleObservationEncoder,
@@ -20,6 +21,7 @@ from robot_rl.networks.modules import (
 __all__ = [
     "ConvConfig",
     "EnsembleConvEncoder",
+    "EnsembleLayerNorm",
     "EnsembleLinear",
     "EnsembleMLP",
     "EnsembleObservationEncoder",

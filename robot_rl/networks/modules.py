@@ -125,16 +125,34 @@ class EnsembleLinear(nn.Module):
         return torch.baddbmm(self.bias, x, self.weight)  # (N, B, O)
 
 
-class EnsembleMLP(nn.Module):
-    """ReLU MLP of `EnsembleLinear` layers; the last layer has no activation."""
+class EnsembleLayerNorm(nn.Module):
+    """Layer normalisation over the last dimension of (N, B, F), with each member's own gain and bias (N, 1, F)."""
 
-    def __init__(self, members: int, in_features: int, hidden: Sequence[int], out_features: int) -> None:
+    def __init__(self, members: int, features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(members, 1, features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addcmul(self.bias, F.layer_norm(x, x.shape[-1:], eps=self.eps), self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """ReLU MLP of `EnsembleLinear` layers; the last layer has no activation. With `layer_norm`, each hidden layer
+    is normalised (`EnsembleLayerNorm`) before its ReLU."""
+
+    def __init__(
+        self, members: int, in_features: int, hidden: Sequence[int], out_features: int, layer_norm: bool = False
+    ) -> None:
         super().__init__()
         sizes = [in_features, *hidden, out_features]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(itertools.pairwise(sizes)):
             layers.append(EnsembleLinear(members, a, b))
             if i < len(sizes) - 2:
+                if layer_norm:
+                    layers.append(EnsembleLayerNorm(members, b))
                 layers.append(nn.ReLU())
         self.net = nn.Sequential(*layers)
 
@@ -205,6 +223,10 @@ class QEnsemble(nn.Module):
     The head's first layer on [features; action] is computed as W_f features + W_a action + b: the large W_f
     product runs once per observation, not once per (observation, action) pair. It is the same function and the
     same parameter count as a layer on the concatenation.
+
+    With `layer_norm`, every hidden layer of the head (the first included, after the sum) is layer-normalised before
+    its ReLU, each member with its own gain and bias. It bounds what a critic can extrapolate to actions and states
+    far from the data (Ball et al. 2023, "Efficient Online RL with Offline Data"; Tarasov et al. 2023, ReBRAC).
     """
 
     def __init__(
@@ -215,16 +237,18 @@ class QEnsemble(nn.Module):
         action_dim: int,
         hidden: Sequence[int] = (1024, 512, 256),
         conv: ConvConfig = ConvConfig(),
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         if not hidden:
             raise ValueError("QEnsemble needs at least one hidden layer")
-        self.members, self.action_dim = members, action_dim
+        self.members, self.action_dim, self.layer_norm = members, action_dim, layer_norm
         self.encoder = EnsembleObservationEncoder(members, image_shape, state_dim, conv)
         fan_in = self.encoder.output_dim + action_dim
         self.feature_in = EnsembleLinear(members, self.encoder.output_dim, hidden[0], fan_in=fan_in)
         self.action_in = EnsembleLinear(members, action_dim, hidden[0], bias=False, fan_in=fan_in)
-        self.head = EnsembleMLP(members, hidden[0], hidden[1:], 1)
+        self.norm_in = EnsembleLayerNorm(members, hidden[0]) if layer_norm else None
+        self.head = EnsembleMLP(members, hidden[0], hidden[1:], 1, layer_norm)
 
     def encode(self, image: Tensor | None, state: Tensor) -> Tensor:
         return self.encoder(image, state)  # type: ignore[no-any-return]  # (N, B, F)
@@ -237,8 +261,10 @@ class QEnsemble(nn.Module):
             actions = actions.unsqueeze(0).expand(n, -1, -1, -1)  # (N, B, K, A)
         from_obs = self.feature_in(features)  # (N, B, H): once per observation
         from_action = self.action_in(actions.reshape(n, b * k, -1)).reshape(n, b, k, -1)  # (N, B, K, H)
-        hidden = torch.relu(from_obs.unsqueeze(2) + from_action)  # (N, B, K, H)
-        q: Tensor = self.head(hidden.reshape(n, b * k, -1))  # (N, B*K, 1)
+        hidden = (from_obs.unsqueeze(2) + from_action).reshape(n, b * k, -1)  # (N, B*K, H)
+        if self.norm_in is not None:
+            hidden = self.norm_in(hidden)
+        q: Tensor = self.head(torch.relu(hidden))  # (N, B*K, 1)
         return q.reshape(n, b, k)
 
     def forward(self, image: Tensor | None, state: Tensor, action: Tensor) -> Tensor:
