@@ -22,7 +22,7 @@ from robot_rl.algos.ensemble import (
     moment_matched_gaussian,
     stack_critics,
 )
-from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor, set_state_statistics
+from robot_rl.networks import ConvConfig, EnsembleLayerNorm, QEnsemble, TanhGaussianActor, set_state_statistics
 
 SMALL_CONV = ConvConfig(channels=(4, 4, 4))
 IMAGE = (12, 10, 3)
@@ -249,10 +249,9 @@ def test_stack_critics_members_equal_the_critics() -> None:
 
 def test_stack_critics_keeps_layer_normalisation() -> None:
     qs = [QEnsemble(2, None, 3, 2, hidden=(8, 6), layer_norm=True) for _ in range(2)]
-    for q in qs:  # member-specific gains and biases, so that a wrong layout shows
-        for name, p in q.named_parameters():
-            if "norm" in name or name.startswith("head.net.1."):
-                torch.nn.init.uniform_(p, 0.5, 1.5)
+    for module in (m for q in qs for m in q.modules() if isinstance(m, EnsembleLayerNorm)):
+        torch.nn.init.uniform_(module.weight, 0.5, 1.5)  # member-specific gains and biases: a wrong layout shows
+        torch.nn.init.uniform_(module.bias, -0.5, 0.5)
     stacked = stack_critics(qs)
     assert stacked.layer_norm
     state, action = torch.randn(5, 3), torch.rand(5, 2) * 2 - 1
