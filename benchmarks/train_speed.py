@@ -11,7 +11,13 @@ The work of an update is counted too (multiply-accumulates in matrix products an
 counter), with the rate of one large matrix product on the same device and threads: `..._steps_per_s_at_matmul_peak`
 is the rate an update would reach if all of its work ran that fast, a ceiling for a given architecture and device.
 
+State mode (`--state`): COG's state-mode configuration of `experiments/cog-state.yaml` (three hidden layers of
+256, the 5-dim state plus the 12-dim privileged state, K = 1, batch 256), in fp32 and in bf16 autocast (hidden
+layers in bf16, output layers fp32, as `--precision bf16` trains): on CPUs with AMX or AVX512-BF16 bf16 matrix
+products run several times faster. `--precision bf16` adds the bf16 rate of every image setting too.
+
     python benchmarks/train_speed.py [--out FILE.json] [--threads 2] [--device cpu|cuda] [--steps 3]
+    python benchmarks/train_speed.py --state --threads 1 --out benchmarks/results/train_speed_state.json
 """
 
 from __future__ import annotations
@@ -43,25 +49,47 @@ REFERENCE = {
 }
 
 
-def synthetic_batch(size: int, seed: int = 0) -> Batch:
+def synthetic_batch(size: int, seed: int = 0, privileged: bool = False) -> Batch:
+    """Images and states; with `privileged`, states and privileged states and no images (state mode)."""
     rng = np.random.default_rng(seed)
 
     def obs() -> Observation:
-        images = rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8)
-        return Observation(images, rng.standard_normal((size, STATE_DIM)).astype(np.float32), None)
+        state = rng.standard_normal((size, STATE_DIM)).astype(np.float32)
+        if privileged:
+            return Observation(None, state, rng.standard_normal((size, PRIVILEGED_DIM)).astype(np.float32))
+        return Observation(rng.integers(0, 256, (size, *IMAGE), dtype=np.uint8), state, None)
 
     actions = rng.uniform(-1, 1, (size, ACTION_DIM)).astype(np.float32)
     rewards = rng.integers(0, 2, size).astype(np.float32)
     return Batch(obs(), actions, rewards, obs(), np.zeros(size, bool), np.zeros(size, bool))
 
 
-def measure(device: torch.device, batch_size: int, k: int, steps: int, repeats: int, warmup: int) -> float:
-    agent = CQL(CQLConfig(sampled_actions=k), IMAGE, STATE_DIM, ACTION_DIM, device=device)
-    batch = synthetic_batch(batch_size)
+STATE_CONFIG = CQLConfig(hidden=(256, 256, 256), importance_sampling=False, target_range=(0.0, 100.0))
+"""COG's state-mode configuration (experiments/cog-state.yaml) as far as the cost of an update goes."""
+PRIVILEGED_DIM = 12
+
+
+def measure(
+    device: torch.device,
+    batch_size: int,
+    k: int,
+    steps: int,
+    repeats: int,
+    warmup: int,
+    dtype: torch.dtype | None = None,
+    state_mode: bool = False,
+) -> float:
+    """Median steps/s of the image agent (or, with `state_mode`, the state-mode agent), autocast to `dtype`."""
+    if state_mode:
+        agent = CQL(STATE_CONFIG, None, STATE_DIM + PRIVILEGED_DIM, ACTION_DIM, device=device)
+    else:
+        agent = CQL(CQLConfig(sampled_actions=k), IMAGE, STATE_DIM, ACTION_DIM, device=device)
+    agent.autocast_dtype = dtype
+    batch = synthetic_batch(batch_size, privileged=state_mode)
     generator = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        agent.update(to_torch(batch, device, augment_pad=4, generator=generator))
+        agent.update(to_torch(batch, device, augment_pad=4, generator=generator, use_privileged=state_mode))
 
     for _ in range(warmup):
         step()
@@ -114,9 +142,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="updates per timing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--state", action="store_true", help="state mode, fp32 and bf16, instead of the image grid")
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"], help="image settings")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.state:
+        write(args.out, state_results(device, args))
+        return
 
     agent = CQL(CQLConfig(), IMAGE, STATE_DIM, ACTION_DIM)
     results: dict[str, float | str] = {
@@ -130,6 +163,11 @@ def main() -> None:
     results["matmul_peak_gmac_per_s"] = round(peak, 1)
     for k in (1, 10):
         for batch_size in (256, 64):
+            if "bf16" in args.precision:
+                bf16 = measure(device, batch_size, k, args.steps, args.repeats, args.warmup, torch.bfloat16)
+                results[f"cql_batch{batch_size}_k{k}_bf16_steps_per_s"] = round(bf16, 3)
+            if "fp32" not in args.precision:
+                continue
             rate = measure(device, batch_size, k, args.steps, args.repeats, args.warmup)
             results[f"cql_batch{batch_size}_k{k}_steps_per_s"] = round(rate, 3)
             gmac = update_gmac(device, batch_size, k)
@@ -146,13 +184,32 @@ def main() -> None:
     else:
         results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
-    print(f"{'metric':<34} {'ours':>12}")
-    for key, value in results.items():
-        print(f"{key:<34} {value!s:>12}")
     print("reference steps/s (issue 4): " + ", ".join(f"{k} {v:.3g}" for k, v in REFERENCE.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write(args.out, results)
+
+
+def state_results(device: torch.device, args: argparse.Namespace) -> dict[str, float | str]:
+    """State mode at batch 256, K = 1: fp32 and bf16 steps/s, measured alternately (`--repeats` rounds of one
+    timing each, medians), so that a change in the machine's load hits both alike."""
+    results: dict[str, float | str] = {"device": device.type, "torch_threads": args.threads, "mode": "state"}
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.repeats):
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            rates[name].append(measure(device, 256, 1, args.steps, 1, args.warmup, dtype, state_mode=True))
+    for name, values in rates.items():
+        results[f"state_cql_batch256_k1_{name}_steps_per_s"] = round(statistics.median(values), 2)
+    ratios = [b / f for f, b in zip(rates["fp32"], rates["bf16"], strict=True)]
+    results["state_bf16_speedup"] = round(statistics.median(ratios), 2)
+    return results
+
+
+def write(out: Path, results: dict[str, float | str]) -> None:
+    print(f"{'metric':<42} {'ours':>12}")
+    for key, value in results.items():
+        print(f"{key:<42} {value!s:>12}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from robot_rl.algos.cql import CQL
 from robot_rl.algos.ensemble import EnsembleActor, actor_architecture
 from robot_rl.algos.optim import IMPLEMENTATION_KEYS
 from robot_rl.algos.pessimistic import PessimisticEnsemble
+from robot_rl.networks import TanhGaussianActor
 from robot_rl.policy import (
     CheckpointError,
     Policy,
@@ -78,7 +79,10 @@ Agent = CQL | BC
 def _modules(agent: Agent) -> dict[str, nn.Module]:
     if isinstance(agent, BC):
         return {"actor": agent.actor}
-    return {"q": agent.q, "q_target": agent.q_target, "actor": agent.actor}
+    modules: dict[str, nn.Module] = {"q": agent.q, "q_target": agent.q_target, "actor": agent.actor}
+    if agent.actor_average is not None:
+        modules["actor_average"] = agent.actor_average
+    return modules
 
 
 def _parameters(agent: Agent) -> dict[str, nn.Parameter]:
@@ -402,8 +406,10 @@ def export_policy(
     *,
     use_privileged: bool = False,
     info: Mapping[str, Any] | None = None,
+    actor: TanhGaussianActor | None = None,
 ) -> Policy:
-    """The deployable policy of the agent's current actor (a copy), described by the env's spec record.
+    """The deployable policy of the agent's current actor (a copy), described by the env's spec record; `actor`
+    exports another actor of the agent's architecture instead (e.g. `CQL.actor_average`).
 
     `env_spec` is the env's `spec_record().to_dict()` (also `DatasetInfo.env_spec` of the training data): action
     names, scales and units, state and privileged names, image shape, control period. `use_privileged` says the
@@ -411,11 +417,11 @@ def export_policy(
     with the policy; the learner's step is added as "learner_steps". A fine-tuned ensemble exports all its actors
     as one policy (`PolicySpec.members` = N) that acts with their moment-matched Gaussian.
     """
-    actor = agent.actor
-    hidden, conv = actor_architecture(actor)
+    exported: TanhGaussianActor | EnsembleActor = agent.actor if actor is None else actor
+    hidden, conv = actor_architecture(exported)
     try:
         image_shape = None
-        if actor.encoder.conv is not None:
+        if exported.encoder.conv is not None:
             if env_spec.get("image_shape") is None:
                 raise ValueError("the agent sees images but env_spec has no image_shape")
             h, w, c = (int(v) for v in env_spec["image_shape"])
@@ -435,10 +441,10 @@ def export_policy(
             control_period_s=None if period is None else float(period),
             hidden=hidden,
             conv=conv,
-            state_dim=actor.encoder.state_dim,
-            action_dim=actor.action_dim,
-            members=actor.members if isinstance(actor, EnsembleActor) else 1,
+            state_dim=exported.encoder.state_dim,
+            action_dim=exported.action_dim,
+            members=exported.members if isinstance(exported, EnsembleActor) else 1,
         )
     except KeyError as e:
         raise ValueError(f"env_spec lacks {e}; pass the env's spec_record().to_dict()") from e
-    return Policy(spec, actor, info={**(info or {}), "learner_steps": agent.steps}, versions=_versions())
+    return Policy(spec, exported, info={**(info or {}), "learner_steps": agent.steps}, versions=_versions())

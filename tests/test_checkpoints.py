@@ -172,6 +172,28 @@ def test_round_trip_restores_every_tensor_optimiser_state_and_rng(tmp_path: Path
     assert torch.equal(after_save[0], after_load[0]) and after_save[1:] == after_load[1:]
 
 
+def test_the_averaged_actor_is_saved_and_restored(tmp_path: Path) -> None:
+    data = FakeData("state")
+    a = make_agent("state", 0, actor_average=0.3)
+    train(a, data, np.random.default_rng(1), torch.Generator().manual_seed(2), 3)
+    save_learner(tmp_path / "ckpt", a)
+    b = make_agent("state", 1, actor_average=0.3)
+    load_learner(tmp_path / "ckpt", b)
+    assert a.actor_average is not None and b.actor_average is not None
+    for (name, ta), (_, tb) in zip(
+        a.actor_average.state_dict().items(), b.actor_average.state_dict().items(), strict=True
+    ):
+        assert torch.equal(ta, tb), name
+    assert_same_learner(a, b)
+    exported = export_policy(a, ENV_SPEC, actor=a.actor_average).save(tmp_path / "average")
+    with torch.no_grad():
+        states = torch.from_numpy(data.states[:6])
+        expected = a.actor_average.deterministic(a.actor_average.encode(None, states)).numpy()
+    actions = Policy.load(exported).act_batch(data.policy_observations())
+    np.testing.assert_allclose(actions, expected, rtol=0, atol=1e-6)
+    assert not np.allclose(actions, learner_actions(a, data).numpy(), atol=1e-4)  # not the live actor's
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_resumed_run_continues_exactly_as_the_uninterrupted_one(tmp_path: Path, kind: str) -> None:
     """A: 3 updates, save, 3 more. B: fresh, load, the same 3. Batch sampling (numpy Generator), augmentation

@@ -6,6 +6,7 @@ start) and a one-step bandit whose Q-values are known.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -429,6 +430,52 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(image:
         assert all(p.dtype == torch.float32 for p in module.parameters())
     state = half.critic_optimizer.state_dict()["state"]
     assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+
+
+def test_bf16_autocast_keeps_the_q_values_at_fp32_resolution() -> None:
+    """bf16 holds Q = 100.3 as 100.5: the critics' output layer runs in fp32 so that one-step differences survive."""
+    torch.manual_seed(0)
+    agent = CQL(CQLConfig(hidden=(32, 32)), None, S, A)
+    agent.autocast_dtype = torch.bfloat16
+    with torch.no_grad():
+        agent.q.head.net[-1].bias.fill_(100.3)
+    batch = make_batch()
+    with agent.autocast():
+        q = agent.q(None, batch.obs.state, batch.action)
+        mean, _ = agent.actor.distribution(agent.actor.encode(None, batch.obs.state))
+    assert q.dtype == torch.float32 and mean.dtype == torch.float32
+    expected = agent.q(None, batch.obs.state, batch.action)  # all fp32
+    assert (q - expected).abs().max() < 0.05, (q - expected).abs().max()  # bf16 at the output: up to 0.25 off
+    assert not torch.equal(q, expected)  # the hidden layers did run in bf16
+
+
+def test_the_averaged_actor_follows_the_polyak_rule_and_the_live_actor_trains_as_without_it() -> None:
+    cfg = CQLConfig(hidden=(16, 16), bc_warm_start_steps=1, actor_average=0.25)
+    torch.manual_seed(0)
+    agent = CQL(cfg, None, 3, 2)
+    torch.manual_seed(0)
+    plain = CQL(dataclasses.replace(cfg, actor_average=0.0), None, 3, 2)
+    assert plain.actor_average is None and agent.actor_average is not None
+    assert not any(p.requires_grad for p in agent.actor_average.parameters())
+    batches = [make_batch(8, state_dim=3, action_dim=2) for _ in range(3)]
+    average = [p.clone() for p in agent.actor.parameters()]  # the average starts at the initial actor
+    for batch in batches:
+        torch.manual_seed(1)
+        agent.update(batch)
+        torch.manual_seed(1)
+        plain.update(batch)
+        average = [a + 0.25 * (p - a) for a, p in zip(average, agent.actor.parameters(), strict=True)]
+    for got, want in zip(agent.actor_average.parameters(), average, strict=True):
+        torch.testing.assert_close(got, want)
+    for p, p_plain in zip(agent.actor.parameters(), plain.actor.parameters(), strict=True):
+        assert torch.equal(p, p_plain)  # averaging reads the actor, never changes its training
+    assert not all(torch.equal(a, p) for a, p in zip(average, agent.actor.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_an_actor_average_rate_outside_0_1_is_refused(value: float) -> None:
+    with pytest.raises(ValueError, match="actor_average"):
+        CQL(CQLConfig(hidden=(4,), actor_average=value), None, 2, 1)
 
 
 def test_a_batchs_own_discount_replaces_gamma(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,7 @@ from robot_rl.networks import ConvConfig
 from robot_rl.policy import Policy
 from robot_rl.train import offline
 from robot_rl.train.logger import read_metrics
-from robot_rl.train.offline import OfflineConfig, TrainingError, train_offline
+from robot_rl.train.offline import OfflineConfig, TrainingError, make_agent, train_offline
 from sim_envs.collect import SCALES, collect, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
@@ -211,6 +211,25 @@ def test_bf16_precision_trains_and_is_recorded(datasets: dict[str, Path], tmp_pa
     assert json.loads((run / "run.json").read_text())["config"]["precision"] == "bf16"
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "actor/loss" in r]
     assert len(rows) == 2 and all(np.isfinite(r["actor/loss"]) for r in rows)
+
+
+def test_an_averaged_actor_is_the_deployed_policy_and_the_live_one_is_evaluated_beside_it(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    cql_cfg = CQLConfig(**TINY_NET, actor_average=0.1)  # type: ignore[arg-type]
+    run = train_offline(config(datasets, tmp_path / "run", steps=10, eval_every=10, eval_videos=0, cql=cql_cfg))
+    row = next(r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r)
+    assert row["eval/episodes"] == row["eval_live/episodes"] == 2
+    agent = make_agent(config(datasets, tmp_path / "unused", cql=cql_cfg), load_dataset(datasets["task"]), "cpu")
+    load_learner(run / "checkpoints" / "latest", agent)
+    assert agent.actor_average is not None
+    obs = {"state": np.zeros(5, np.float32), "privileged": np.zeros(12, np.float32)}
+    deployed = Policy.load(run / "policy").act(obs)
+    live = Policy.load(run / "policies" / "step10-live").act(obs)
+    assert not np.allclose(deployed, live)
+    stats = dict(agent.actor_average.encoder.named_buffers())
+    torch.testing.assert_close(stats["state_std"], dict(agent.actor.encoder.named_buffers())["state_std"])
+    assert not torch.equal(stats["state_std"], torch.ones_like(stats["state_std"]))  # standardised like the actor
 
 
 def test_success_terminal_and_reward_scale_shape_what_the_learner_sees() -> None:

@@ -98,6 +98,11 @@ class CQLConfig:
     rewards scaled to Q in [0, 100] and |Q| ~ 70, 0.05 weighs an advantage of 3.5 by e."""
     awr_max_weight: float = 100.0
     """Clip of the AWR weights exp(A / T), so that a few overestimated actions cannot take over the batch."""
+    actor_average: float = 0.0
+    """Polyak rate of a running average of the actor's weights (`CQL.actor_average`, updated after every actor
+    step); when above 0, the averaged actor is the one evaluated and deployed (the live one is evaluated beside it).
+    0: no average (COG). The live actor follows a critic that keeps moving, and its success swings from one
+    evaluation to the next; the average over the last ~1 / rate steps does not chase each swing."""
 
 
 def check_cql_config(cfg: CQLConfig) -> None:
@@ -110,6 +115,8 @@ def check_cql_config(cfg: CQLConfig) -> None:
         raise ValueError(f"awr_temperature must be a finite number > 0, got {cfg.awr_temperature}")
     if not (math.isfinite(cfg.awr_max_weight) and cfg.awr_max_weight >= 1):
         raise ValueError(f"awr_max_weight must be a finite number >= 1, got {cfg.awr_max_weight}")
+    if not (math.isfinite(cfg.actor_average) and 0 <= cfg.actor_average <= 1):
+        raise ValueError(f"actor_average must be a number in [0, 1], got {cfg.actor_average}")
     if cfg.lagrange and cfg.cql_weight <= 0:
         raise ValueError(f"cql_weight must be > 0 with lagrange (it is alpha'), got {cfg.cql_weight}")
 
@@ -248,6 +255,8 @@ class CQL:
         ).to(self.device)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.actor = TanhGaussianActor(image_shape, state_dim, action_dim, cfg.hidden, cfg.conv).to(self.device)
+        self.actor_average = copy.deepcopy(self.actor).requires_grad_(False) if cfg.actor_average > 0 else None
+        """The running average of the actor's weights (with `cfg.actor_average` > 0), else None."""
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha), device=self.device))
         check_cql_config(cfg)
         # alpha' is a parameter only when tuned (log of the weight, so that it stays positive); a fixed weight may
@@ -298,6 +307,10 @@ class CQL:
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
         self.actor_optimizer.step()
+        if self.actor_average is not None:
+            with torch.no_grad():
+                for p, p_average in zip(self.actor.parameters(), self.actor_average.parameters(), strict=True):
+                    p_average.lerp_(p, cfg.actor_average)
 
         t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob.float(), self.target_entropy)
         self.alpha_optimizer.zero_grad(set_to_none=True)

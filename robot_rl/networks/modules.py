@@ -140,7 +140,11 @@ class EnsembleLayerNorm(nn.Module):
 
 class EnsembleMLP(nn.Module):
     """ReLU MLP of `EnsembleLinear` layers; the last layer has no activation. With `layer_norm`, each hidden layer
-    is normalised (`EnsembleLayerNorm`) before its ReLU."""
+    is normalised (`EnsembleLayerNorm`) before its ReLU.
+
+    Under mixed-precision autocast the hidden layers run in the low precision and the last layer in fp32: the
+    outputs are Q-values (bf16 resolves 0.5 at Q = 100, coarser than the one-step differences CQL has to rank) and
+    the policy's mean and log-std; that narrow layer costs next to nothing in fp32."""
 
     def __init__(
         self, members: int, in_features: int, hidden: Sequence[int], out_features: int, layer_norm: bool = False
@@ -157,7 +161,13 @@ class EnsembleMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)  # type: ignore[no-any-return]
+        *hidden, last = self.net
+        for layer in hidden:
+            x = layer(x)
+        if not torch.is_autocast_enabled(x.device.type):
+            return last(x)  # type: ignore[no-any-return]
+        with torch.autocast(x.device.type, enabled=False):
+            return last(x.float())  # type: ignore[no-any-return]
 
 
 class EnsembleObservationEncoder(nn.Module):

@@ -247,6 +247,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         stores = [task] if prior is None or (cfg.algo == "bc" and cfg.bc_data == "task") else [task, prior]
         mean, std = state_statistics(stores, use_privileged, cfg.state_std_floor)
         modules = [agent.actor] if isinstance(agent, BC) else [agent.q, agent.q_target, agent.actor]
+        if isinstance(agent, CQL) and agent.actor_average is not None:
+            modules.append(agent.actor_average)
         set_state_statistics(modules, mean, std)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -272,13 +274,21 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
     def evaluate_now(step: int) -> dict[str, float]:
         # Building the exported and loaded policies draws from torch's global generator; forking it keeps training
         # the same whatever the evaluation schedule, and a resume from the checkpoint taken before it exact.
+        # With an averaged actor, that one is the run's policy (evaluated as eval/*) and the live one is evaluated
+        # beside it, on the same episodes (eval_live/*).
+        average = agent.actor_average if isinstance(agent, CQL) else None
         with torch.random.fork_rng(devices=[]):
-            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, actor=average)
             policy.save(run / "policies" / f"step{step}")
             folder = policy.save(run / "policy")
-            load = functools.partial(Policy.load, folder)
-            result = evaluate_parallel(load, eval_cfg, run / "videos" / f"step{step}")
-        return result.summary()
+            result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
+            summary = result.summary()
+            if average is not None:
+                live = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+                live_folder = live.save(run / "policies" / f"step{step}-live")
+                live_result = evaluate_parallel(functools.partial(Policy.load, live_folder), eval_cfg, None)
+                summary |= {k.replace("eval/", "eval_live/", 1): v for k, v in live_result.summary().items()}
+        return summary
 
     wandb_mode: Literal["online", "offline"] | None = None if cfg.wandb == "off" else cfg.wandb
     with Logger(run, dataclasses.asdict(cfg), wandb_mode, resume_step=start if resume is not None else None) as logger:
