@@ -232,6 +232,29 @@ def test_an_averaged_actor_is_the_deployed_policy_and_the_live_one_is_evaluated_
     assert not torch.equal(stats["state_std"], torch.ones_like(stats["state_std"]))  # standardised like the actor
 
 
+def test_native_bf16_is_read_from_the_cpus_flags(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_tile amx_bf16\n\nprocessor\t: 1\n")
+    assert offline.cpu_has_native_bf16(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not offline.cpu_has_native_bf16(info)
+    assert not offline.cpu_has_native_bf16(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_native_precision_trains_in_bf16_only_where_the_cpu_has_it(
+    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    monkeypatch.setattr(offline, "cpu_has_native_bf16", lambda: native)
+    used: list[torch.dtype | None] = []
+    real_update = offline.CQL.update
+    monkeypatch.setattr(
+        offline.CQL, "update", lambda self, batch: used.append(self.autocast_dtype) or real_update(self, batch)
+    )
+    train_offline(config(datasets, tmp_path / "run", steps=2, precision="native"))
+    assert used == [torch.bfloat16 if native else None] * 2
+
+
 def test_success_terminal_and_reward_scale_shape_what_the_learner_sees() -> None:
     rng = np.random.default_rng(0)
     reward = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
