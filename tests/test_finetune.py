@@ -311,6 +311,23 @@ def test_single_agent_ensemble_acts_as_its_cql_agent(cog_runs: dict[str, Any]) -
     np.testing.assert_allclose(agent.act(state, deterministic=True), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_fine_tuning_starts_from_the_actor_a_run_deploys() -> None:
+    """With an averaged actor (`cql.actor_average`), the run's policy is the average: the ensemble starts from it."""
+    torch.manual_seed(0)
+    member = CQL(CQLConfig(hidden=(8,), actor_average=0.5), None, 3, 2)
+    assert member.actor_average is not None
+    with torch.no_grad():
+        for p in member.actor_average.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # as if averaging had moved it away from the live actor
+    agent = PessimisticEnsemble.from_cql_agents([member], PessimisticEnsembleConfig())
+    state = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    with torch.no_grad():
+        average = member.actor_average.deterministic(member.actor_average.encode(None, torch.from_numpy(state)))
+        live = member.actor.deterministic(member.actor.encode(None, torch.from_numpy(state)))
+    np.testing.assert_allclose(agent.act(state, deterministic=True), average.numpy(), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(agent.act(state, deterministic=True), live.numpy(), atol=1e-3)
+
+
 def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> None:
     """The critic loss against the module docstring's equations, recomputed by hand with the same random draws."""
     torch.manual_seed(0)

@@ -273,6 +273,12 @@ class CQL:
         """Mixed precision of the forward passes (torch.bfloat16 on CUDA by the trainer's default); None: fp32.
         Parameters, optimiser states and the backward's accumulation stay fp32."""
 
+    @property
+    def deployed_actor(self) -> TanhGaussianActor:
+        """The actor the run deploys: the running average with `cfg.actor_average` > 0, else the live actor. It is
+        what evaluation exports as the run's policy and what fine-tuning starts from."""
+        return self.actor if self.actor_average is None else self.actor_average
+
     def autocast(self) -> torch.autocast:
         return autocast(self.device, self.autocast_dtype)
 

@@ -190,14 +190,15 @@ class PessimisticEnsemble:
 
     @classmethod
     def from_cql_agents(cls, agents: Sequence[CQL], cfg: PessimisticEnsembleConfig) -> PessimisticEnsemble:
-        """Join trained CQL agents (same architecture and state standardisation): copies of their actors, critics and
-        target critics; the agents themselves are not changed. ValueError if they cannot be joined."""
+        """Join trained CQL agents (same architecture and state standardisation): copies of their deployed actors
+        (`CQL.deployed_actor`: the averaged one where a run keeps an average), critics and target critics; the
+        agents themselves are not changed. ValueError if they cannot be joined."""
         if not agents:
             raise ValueError("from_cql_agents needs at least one agent")
         critics = {agent.cfg.critics for agent in agents}
         if len(critics) != 1:
             raise ValueError(f"the agents have different numbers of critics {sorted(critics)}")
-        actor = EnsembleActor.from_members([agent.actor for agent in agents])
+        actor = EnsembleActor.from_members([agent.deployed_actor for agent in agents])
         q = stack_critics([agent.q for agent in agents])
         q_target = stack_critics([agent.q_target for agent in agents])  # new modules: the agents are not shared
         if cfg.init_alpha is None:

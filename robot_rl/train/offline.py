@@ -293,14 +293,15 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
         # the same whatever the evaluation schedule, and a resume from the checkpoint taken before it exact.
         # With an averaged actor, that one is the run's policy (evaluated as eval/*) and the live one is evaluated
         # beside it, on the same episodes (eval_live/*).
-        average = agent.actor_average if isinstance(agent, CQL) else None
+        average = isinstance(agent, CQL) and agent.actor_average is not None
         with torch.random.fork_rng(devices=[]):
-            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, actor=average)
+            deployed = agent.deployed_actor if isinstance(agent, CQL) else None
+            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, actor=deployed)
             policy.save(run / "policies" / f"step{step}")
             folder = policy.save(run / "policy")
             result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
             summary = result.summary()
-            if average is not None:
+            if average:
                 live = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
                 live_folder = live.save(run / "policies" / f"step{step}-live")
                 live_result = evaluate_parallel(functools.partial(Policy.load, live_folder), eval_cfg, None)
