@@ -51,6 +51,9 @@ class RunSummary:
     reached: dict[str, float] = field(default_factory=dict)
     """Share of the last evaluation's episodes that reached each of the task's milestones, in task order (empty
     for runs evaluated before evaluations recorded milestones)."""
+    live_curve: list[tuple[int, float]] = field(default_factory=list)
+    """(step, eval success) of the live actor at every evaluation, in runs that deploy an averaged actor (eval/* is
+    the average there, eval_live/* the live actor on the same episodes); empty for the others."""
 
     @property
     def initial(self) -> float | None:
@@ -132,6 +135,7 @@ def _summarise_run(folder: Path, record: dict[str, Any], kind: str) -> RunSummar
         eval_condition=str(config.get("eval_condition") or config.get("initial_condition") or ""),
         kind=kind,
         reached={k.removeprefix("eval/reached/"): float(v) for k, v in last.items() if k.startswith("eval/reached/")},
+        live_curve=[(int(r["step"]), float(r["eval_live/success"])) for r in evals if "eval_live/success" in r],
     )
 
 
@@ -262,6 +266,31 @@ def _milestone_section(runs: Sequence[RunSummary]) -> list[str]:
             "| task | method | milestones |", "|---|---|---|", *rows, ""]  # fmt: skip
 
 
+def _live_section(runs: Sequence[RunSummary]) -> list[str]:
+    """Runs that deploy an averaged actor: its final success beside the live actor's (same episodes), and the
+    deployed-minus-live difference over every evaluation of every seed, with how many evaluations each side won; an
+    empty list when no finished run evaluated a live actor."""
+    rows = []
+    for task, method in sorted({(r.task, r.method) for r in runs}, key=lambda k: (k[0], _method_order(k[1]))):
+        group = [r for r in runs if r.task == task and r.method == method and r.finished and r.live_curve]
+        if not group:
+            continue
+        pairs = [(v, live[s]) for r in group for s, v in r.curve if s in (live := dict(r.live_curve))]
+        diffs = [a - b for a, b in pairs]
+        ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+        rows.append(
+            f"| {task} | {method} | {_cell([r.success for r in group if r.success is not None])} | "
+            f"{_cell([r.live_curve[-1][1] for r in group])} | {_cell(diffs)} | {ahead} / {behind} / "
+            f"{len(diffs) - ahead - behind} |"
+        )
+    if not rows:
+        return []
+    return ["## Averaged actor against the live actor (same evaluation episodes)", "",
+            "| task | method | deployed (average), final | live, final | deployed − live, every evaluation | "
+            "evaluations deployed ahead / behind / tied |",
+            "|---|---|---|---|---|---|", *rows, ""]  # fmt: skip
+
+
 def write_report(paths: Sequence[Path], out: Path) -> Path:
     """report.md, results.json, curves_<task>.png and success_bars.png in `out`."""
     from robot_rl.media import bar_chart, curve_chart, write_png
@@ -309,6 +338,7 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         markdown_table(runs, "ever_success"),
         "",
         *_milestone_section(runs),
+        *_live_section(runs),
         *_finetune_section(runs),
         "## Plots",
         "",
