@@ -18,6 +18,13 @@ skips finished runs, resumes interrupted ones from their checkpoint and starts t
 config differs from what the file now asks for is refused rather than silently mixed, except for a larger `steps`:
 raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does).
 `robot-rl report OUT` turns the folder into tables and plots.
+
+With `workers` > 1 and no thread count set (in the file or by `threads`), the grid shares its cores (one per worker):
+each run starts with one thread, and once fewer runs are left than workers, every run still training takes an equal
+share of the freed cores at its next checkpoint (so a 30k-step COG run beside a 3-minute BC run gets both cores
+once BC is done). Each log row of metrics.jsonl records the thread count (`time/threads`). In fp32 the count does not
+change the numbers; in bf16 it changes their rounding, so a bf16 run that took more cores is reproducible only up to
+where it took them.
 """
 
 from __future__ import annotations
@@ -73,6 +80,8 @@ class Experiment:
     """Recipe files of datasets that are named by recipe (collected when missing)."""
     cells: tuple[Cell, ...]
     source: dict[str, Any]
+    share_cores: bool = False
+    """Parallel runs with no thread count set: the cores of finished runs go to the runs still training."""
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,6 +133,7 @@ def load_experiment(
     out = Path(raw.get("out", f"runs/experiments/{name}"))
     root = Path(raw.get("datasets_root", "datasets"))
     base = _mapping(raw.get("base"), f"{path}: base")
+    threads_set = threads is not None or "threads" in base  # before the parallel default below
     if workers > 1:  # runs share the cores: one thread and one evaluation process each, unless the file says
         base = _merge({"threads": 1, "eval_workers": 1}, base)
     if threads is not None and threads < 1:
@@ -171,7 +181,10 @@ def load_experiment(
                 if config.resume is not None:
                     raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
                 cells.append(Cell(str(task_name), str(method_name), seed, config))
-    return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw)
+    for entry in [*(_mapping(e, "").get("config") or {} for e in tasks.values()), *methods.values()]:
+        threads_set = threads_set or "threads" in entry  # (both were read as mappings above)
+    share = workers > 1 and not threads_set
+    return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share)
 
 
 def cell_status(cell: Cell) -> str:
@@ -202,8 +215,33 @@ def cell_status(cell: Cell) -> str:
     return "partial" if (run / "checkpoints" / "latest").exists() else "new"
 
 
+_SHARED: tuple[Any, int] | None = None
+"""In a worker process of a grid that shares its cores: (the shared count of cells not finished yet, workers)."""
+
+
+def _share_cores(unfinished: Any, workers: int) -> None:
+    global _SHARED
+    _SHARED = (unfinished, workers)
+
+
+def _thread_share() -> int:
+    """Threads for a run now: the grid's cores (one per worker) over the runs that can still be training."""
+    assert _SHARED is not None
+    unfinished, workers = _SHARED
+    return max(1, workers // max(1, min(workers, int(unfinished.value))))
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Train one cell (resuming if it has a checkpoint); returns its last evaluation, or the error."""
+    try:
+        return _run_cell(cell)
+    finally:
+        if _SHARED is not None:
+            with _SHARED[0].get_lock():
+                _SHARED[0].value -= 1
+
+
+def _run_cell(cell: Cell) -> dict[str, Any]:
     run = cell.config.out
     assert run is not None
     try:
@@ -217,7 +255,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         (run / "cell.json").write_text(
             json.dumps({"task": cell.task, "method": cell.method, "seed": cell.seed}, indent=2) + "\n"
         )
-        train_offline(cell.config, resume=run if status == "partial" else None)
+        threads = _thread_share if _SHARED is not None else None
+        train_offline(cell.config, resume=run if status == "partial" else None, threads=threads)
         return {"label": cell.label, "status": "trained", **train_result(run)}
     except Exception as e:  # one failed run must not stop the grid; it is reported and left resumable
         run.mkdir(parents=True, exist_ok=True)
@@ -282,7 +321,11 @@ def run_experiment(
                 on_result(results[-1])
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(experiment.workers, mp_context=context) as pool:
+    sharing: dict[str, Any] = {}
+    if experiment.share_cores:
+        unfinished = context.Value("i", len(experiment.cells))
+        sharing = {"initializer": _share_cores, "initargs": (unfinished, experiment.workers)}
+    with ProcessPoolExecutor(experiment.workers, mp_context=context, **sharing) as pool:
         for result in pool.map(run_cell, experiment.cells):
             results.append(result)
             if on_result:

@@ -101,6 +101,35 @@ def test_workers_and_threads_from_the_command_line_set_each_runs_threads(
         load_experiment(path, threads=0)
 
 
+def test_parallel_runs_take_the_cores_of_finished_runs(datasets: dict[str, Path], tmp_path: Path) -> None:
+    """Two workers, no thread count set: the long run trains on one thread beside the short one, then on both
+    cores (from a checkpoint after the short run finished). A thread count in the file or on the command line
+    turns the sharing off."""
+    base = {"observation": "state", "batch_size": 8, "eval_every": 0, "eval_episodes": 1, "eval_workers": 1,
+            "eval_videos": 0, "cql": {"hidden": [16, 16]}, "bc": {"hidden": [16, 16]}}  # fmt: skip
+    methods = {"cog": {"algo": "cog", "steps": 1000, "checkpoint_every": 100, "log_every": 100},
+               "bc_all": {"algo": "bc", "bc_data": "all", "steps": 3, "checkpoint_every": 3,
+                          "log_every": 3}}  # fmt: skip
+    path = write_experiment(tmp_path / "e.yaml", datasets, tmp_path / "out", seeds=[0], workers=2, base=base,
+                            methods=methods)  # fmt: skip
+    exp = load_experiment(path)
+    assert exp.share_cores and {c.config.threads for c in exp.cells} == {1}
+    assert not load_experiment(path, threads=1).share_cores
+    pinned = write_experiment(tmp_path / "p.yaml", datasets, tmp_path / "o", workers=2, base={**base, "threads": 1})
+    assert not load_experiment(pinned).share_cores
+    per_method = {**methods, "cog": {**methods["cog"], "threads": 1}}
+    assert not load_experiment(write_experiment(tmp_path / "m.yaml", datasets, tmp_path / "o", workers=2, base=base,
+                                                methods=per_method)).share_cores  # fmt: skip
+
+    assert [r["status"] for r in run_experiment(exp)] == ["trained", "trained"]
+    rows = read_metrics(tmp_path / "out" / "closed_drawer" / "cog" / "seed0" / "metrics.jsonl")
+    threads = [r["time/threads"] for r in rows if "time/threads" in r]
+    assert len(threads) == 10 and threads[0] == 1 and threads[-1] == 2
+    assert threads == sorted(threads)  # taken once, at a checkpoint, and kept
+    bc_rows = read_metrics(tmp_path / "out" / "closed_drawer" / "bc_all" / "seed0" / "metrics.jsonl")
+    assert [r["time/threads"] for r in bc_rows if "time/threads" in r] == [1]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -238,13 +239,15 @@ def check_config(cfg: OfflineConfig) -> None:
             raise TrainingError(f"{name} must be >= {low}, got {value}")
 
 
-def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
-    """Train, evaluating and checkpointing as configured; returns the run folder. `resume` continues a run."""
+def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Callable[[], int] | None = None) -> Path:
+    """Train, evaluating and checkpointing as configured; returns the run folder. `resume` continues a run.
+    `threads`, when given, says how many torch threads the run may use now (in place of `cfg.threads`): it is asked
+    at the start and after every checkpoint (an experiment grid's runs share the cores of finished runs this way)."""
     from robot_rl.checkpoints import export_policy, load_learner, save_learner
     from robot_rl.policy import Policy
 
     check_config(cfg)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads if threads is None else threads())
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
     run = resume if resume is not None else new_run_dir(cfg.out, cfg.algo)
@@ -328,6 +331,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
             if done % cfg.log_every == 0:
                 elapsed = time.perf_counter() - tick
                 metrics["time/steps_per_s"] = cfg.log_every / elapsed
+                metrics["time/threads"] = torch.get_num_threads()
                 if sampler.last_task_fraction is not None:
                     metrics["train/task_fraction"] = sampler.last_task_fraction
                 logger.log(done, metrics)
@@ -342,6 +346,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None) -> Path:
                 bar.set_postfix_str(last_eval)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
+                if threads is not None and (n := threads()) != torch.get_num_threads():
+                    torch.set_num_threads(n)
     plot_curves(run)
     return run
 
