@@ -103,7 +103,7 @@ def test_workers_and_threads_from_the_command_line_set_each_runs_threads(
 
 def test_parallel_runs_take_the_cores_of_finished_runs(datasets: dict[str, Path], tmp_path: Path) -> None:
     """Two workers, no thread count set: the long run trains on one thread beside the short one, then on both
-    cores (from a checkpoint after the short run finished). A thread count in the file or on the command line
+    cores (from the first log row after the short run finished). A thread count in the file or on the command line
     turns the sharing off."""
     base = {"observation": "state", "batch_size": 8, "eval_every": 0, "eval_episodes": 1, "eval_workers": 1,
             "eval_videos": 0, "cql": {"hidden": [16, 16]}, "bc": {"hidden": [16, 16]}}  # fmt: skip
@@ -125,7 +125,7 @@ def test_parallel_runs_take_the_cores_of_finished_runs(datasets: dict[str, Path]
     rows = read_metrics(tmp_path / "out" / "closed_drawer" / "cog" / "seed0" / "metrics.jsonl")
     threads = [r["time/threads"] for r in rows if "time/threads" in r]
     assert len(threads) == 10 and threads[0] == 1 and threads[-1] == 2
-    assert threads == sorted(threads)  # taken once, at a checkpoint, and kept
+    assert threads == sorted(threads)  # taken once and kept
     bc_rows = read_metrics(tmp_path / "out" / "closed_drawer" / "bc_all" / "seed0" / "metrics.jsonl")
     assert [r["time/threads"] for r in bc_rows if "time/threads" in r] == [1]
 

@@ -242,7 +242,7 @@ def check_config(cfg: OfflineConfig) -> None:
 def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Callable[[], int] | None = None) -> Path:
     """Train, evaluating and checkpointing as configured; returns the run folder. `resume` continues a run.
     `threads`, when given, says how many torch threads the run may use now (in place of `cfg.threads`): it is asked
-    at the start and after every checkpoint (an experiment grid's runs share the cores of finished runs this way)."""
+    at the start and at every log row (an experiment grid's runs share the cores of finished runs this way)."""
     from robot_rl.checkpoints import export_policy, load_learner, save_learner
     from robot_rl.policy import Policy
 
@@ -332,6 +332,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 elapsed = time.perf_counter() - tick
                 metrics["time/steps_per_s"] = cfg.log_every / elapsed
                 metrics["time/threads"] = torch.get_num_threads()
+                if threads is not None and (n := threads()) != torch.get_num_threads():
+                    torch.set_num_threads(n)  # from the next row on
                 if sampler.last_task_fraction is not None:
                     metrics["train/task_fraction"] = sampler.last_task_fraction
                 logger.log(done, metrics)
@@ -346,8 +348,6 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 bar.set_postfix_str(last_eval)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
-                if threads is not None and (n := threads()) != torch.get_num_threads():
-                    torch.set_num_threads(n)
     plot_curves(run)
     return run
 
