@@ -22,9 +22,9 @@ raising the budget continues every run from its last checkpoint (as `robot-rl tr
 With `workers` > 1 and no thread count set (in the file or by `threads`), the grid shares its cores (one per worker):
 each run starts with one thread, and once fewer runs are left than workers, every run still training takes an equal
 share of the freed cores at its next log row (so a 30k-step COG run beside a 3-minute BC run gets both cores
-once BC is done). Each log row of metrics.jsonl records the thread count (`time/threads`). In fp32 the count does not
-change the numbers; in bf16 it changes their rounding, so a bf16 run that took more cores is reproducible only up to
-where it took them.
+once BC is done). Each log row of metrics.jsonl records the thread count (`time/threads`). A state-mode fp32 run
+gave the same numbers, bit for bit, on 1 and 2 threads; in bf16 the count changes their rounding, so a bf16 run that
+took more cores is reproducible only up to where it took them.
 """
 
 from __future__ import annotations
