@@ -166,6 +166,8 @@ def main() -> None:
             if "bf16" in args.precision:
                 bf16 = measure(device, batch_size, k, args.steps, args.repeats, args.warmup, torch.bfloat16)
                 results[f"cql_batch{batch_size}_k{k}_bf16_steps_per_s"] = round(bf16, 3)
+                if ref := REFERENCE.get(f"cog_batch{batch_size}_k{k}"):
+                    results[f"cql_batch{batch_size}_k{k}_bf16_vs_cog"] = round(bf16 / ref, 2)
             if "fp32" not in args.precision:
                 continue
             rate = measure(device, batch_size, k, args.steps, args.repeats, args.warmup)
