@@ -106,18 +106,19 @@ def test_collected_dataset_holds_what_the_recipe_says(collected: Path, prior_rec
             assert attrs["noise"] == pytest.approx(0.1)
 
 
-def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path, collected: Path) -> None:
+def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) part-way: finished episodes stay on disk; the same command then completes the dataset."""
+    # 20 episodes: the interruption comes at the first finished one, and must land before the last. With 5 (well
+    # under a second on an idle machine) the collection once finished first on a loaded one.
+    episodes = 20
     recipe_path = tmp_path / "recipe.yaml"
     raw = yaml.safe_load((RECIPES / "drawer-closed-prior.yaml").read_text())
-    raw["episodes"] = dict.fromkeys(SCALES, 5)
+    raw["episodes"] = dict.fromkeys(SCALES, episodes)
     recipe_path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "robot_rl", "collect", str(recipe_path), "--scale", "smoke"]
     command += ["--root", str(tmp_path), "--workers", "1", "--no-progress"]
     folder = tmp_path / "drawer-closed-prior-smoke-v0"
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    # Interrupt at the first finished episode: the 5 episodes take well under a second on an idle machine, and
-    # waiting for a second one left too small a window on a busy one (the run had finished once before the signal).
     deadline = time.monotonic() + 60
     while not finished_indices(folder / SHARD_DIR) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -126,10 +127,11 @@ def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path
     kept = finished_indices(folder / SHARD_DIR)
     assert not (folder / DATA_DIR).exists(), "the collection finished before the interruption reached it"
     assert process.returncode != 0
-    assert 1 <= len(kept) < 5, "the interruption should land mid-collection"
+    assert 1 <= len(kept) < episodes, "the interruption should land mid-collection"
 
     subprocess.run(command, check=True, capture_output=True, timeout=120)
-    assert_same_dataset(collected, folder)
+    recipe = tiny(load_recipe(RECIPES / "drawer-closed-prior.yaml"), episodes)
+    assert_same_dataset(collect(recipe, "smoke", tmp_path / "uninterrupted", workers=1, progress=False).folder, folder)
 
 
 def test_collecting_a_finished_dataset_again_keeps_it(tmp_path: Path, prior_recipe: Recipe) -> None:
