@@ -181,8 +181,8 @@ def load_experiment(
                 if config.resume is not None:
                     raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
                 cells.append(Cell(str(task_name), str(method_name), seed, config))
-    for entry in [*(_mapping(e, "").get("config") or {} for e in tasks.values()), *methods.values()]:
-        threads_set = threads_set or "threads" in entry  # (both were read as mappings above)
+    for entry in [*(_mapping(e, "").get("config") for e in tasks.values()), *methods.values()]:
+        threads_set = threads_set or "threads" in _mapping(entry, "")  # (all read as mappings above)
     share = workers > 1 and not threads_set
     return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share)
 
