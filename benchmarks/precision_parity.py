@@ -6,8 +6,9 @@ so they draw the same batches and augmentations and start from the same weights;
 `--log-every` steps the runs' logged training metrics (TD loss, conservative gap, Q on the data, the actor's loss and
 entropy, alpha) are compared: the JSON holds both trajectories, the relative difference of each metric averaged over
 the log points, and the mean over the last quarter of the run of each, per precision. Two runs of the *same*
-precision from the same seed are identical, so any difference is the precision's; chaotic divergence grows with the
-steps, so the early points say most about the arithmetic and the late ones about the learning.
+precision from the same seed and thread count repeat exactly, so any difference is the precision's; divergence grows
+with the steps, so the early points say most about the arithmetic and the late ones about the learning. (How far two
+fp32 runs from different seeds drift apart, the noise to set these figures against, is not measured here.)
 
 The runs train in parallel, one process and one torch thread each (stated in the JSON); run folders that already
 hold `--steps` steps are read instead of retrained, so a rerun only recomputes the comparison.
