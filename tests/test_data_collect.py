@@ -108,8 +108,7 @@ def test_collected_dataset_holds_what_the_recipe_says(collected: Path, prior_rec
 
 def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) part-way: finished episodes stay on disk; the same command then completes the dataset."""
-    # 20 episodes: the interruption comes at the first finished one, and must land before the last. With 5 (well
-    # under a second on an idle machine) the collection once finished first on a loaded one.
+    # The interruption comes at the first finished episode and must land before the last: 20 leave it a wide window.
     episodes = 20
     recipe_path = tmp_path / "recipe.yaml"
     raw = yaml.safe_load((RECIPES / "drawer-closed-prior.yaml").read_text())
@@ -118,7 +117,15 @@ def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path
     command = [sys.executable, "-m", "robot_rl", "collect", str(recipe_path), "--scale", "smoke"]
     command += ["--root", str(tmp_path), "--workers", "1", "--no-progress"]
     folder = tmp_path / "drawer-closed-prior-smoke-v0"
-    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
+    # inherits it ignored (and so would the collection, which then ran to the end).
+    process = subprocess.Popen(
+        command,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while not finished_indices(folder / SHARD_DIR) and time.monotonic() < deadline:
         time.sleep(0.01)
