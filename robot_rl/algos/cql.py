@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from robot_rl.algos.batch import TorchBatch, autocast
-from robot_rl.algos.optim import adam, frozen
+from robot_rl.algos.optim import adam, frozen, polyak
 from robot_rl.networks import ConvConfig, QEnsemble, TanhGaussianActor
 
 
@@ -314,9 +314,7 @@ class CQL:
         a_loss.backward()
         self.actor_optimizer.step()
         if self.actor_average is not None:
-            with torch.no_grad():
-                for p, p_average in zip(self.actor.parameters(), self.actor_average.parameters(), strict=True):
-                    p_average.lerp_(p, cfg.actor_average)
+            polyak(self.actor_average, self.actor, cfg.actor_average)
 
         t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob.float(), self.target_entropy)
         self.alpha_optimizer.zero_grad(set_to_none=True)
@@ -332,8 +330,6 @@ class CQL:
             self.cql_weight_optimizer.step()
             metrics["critic/cql_weight"] = weight.item()
 
-        with torch.no_grad():
-            for p, p_target in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
-                p_target.lerp_(p, cfg.tau)
+        polyak(self.q_target, self.q, cfg.tau)
         self.steps += 1
         return {**metrics, "critic/loss": loss.item(), **a_metrics, **t_metrics}

@@ -36,3 +36,14 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def polyak(target: nn.Module, source: nn.Module, rate: float) -> None:
+    """target <- target + rate * (source - target), parameter by parameter (target critics, an averaged actor): one
+    multi-tensor call instead of a Python loop. The modules must have the same parameters, in the same order."""
+    targets: list[torch.Tensor] = list(target.parameters())
+    sources: list[torch.Tensor] = list(source.parameters())
+    if len(targets) != len(sources):
+        raise ValueError(f"polyak: {len(targets)} target parameters against {len(sources)} source parameters")
+    torch._foreach_lerp_(targets, sources, rate)

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from robot_rl.algos.batch import TorchBatch
 from robot_rl.algos.cql import CQL, alpha_loss, conservative_gap
 from robot_rl.algos.ensemble import EnsembleActor, agent_min_q, ensemble_q, stack_critics
-from robot_rl.algos.optim import adam, frozen
+from robot_rl.algos.optim import adam, frozen, polyak
 from robot_rl.networks import QEnsemble
 
 
@@ -232,9 +232,7 @@ class PessimisticEnsemble:
         t_loss.backward()
         self.alpha_optimizer.step()
 
-        with torch.no_grad():
-            for p, p_target in zip(self.q.parameters(), self.q_target.parameters(), strict=True):
-                p_target.lerp_(p, self.cfg.tau)
+        polyak(self.q_target, self.q, self.cfg.tau)
         self.steps += 1
         return {**metrics, "critic/loss": loss.item(), **a_metrics, **t_metrics}
 
