@@ -10,6 +10,7 @@ already there, so an interrupted collection resumes and loses at most the episod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -227,25 +228,73 @@ def collect(
     """Collect `recipe` at `scale` into `root/<name>-<scale>-v0` (resuming from its shards), then write the dataset."""
     if scale not in SCALES:
         raise DatasetError(f"unknown scale {scale!r}; choose from {SCALES}")
-    from robot_rl.data.validate import validate_dataset  # collection ends by checking what it wrote
-    from robot_rl.runs import software_versions
-
     total = recipe.episodes[scale]
     name = recipe.dataset_name(scale)
     folder = dataset_dir(root, name)
     shard_dir = folder / SHARD_DIR
     wanted = json.loads(json.dumps(recipe.to_dict()))  # as JSON keeps it, to compare with what was recorded
     if (folder / DATA_DIR / METADATA_FILE).is_file() and not shard_dir.exists():
-        # Already collected (and validated then): keep it. Never overwrite a finished dataset, least of all from
-        # another recipe. Its counts come from its metadata; validating it again would read every episode.
-        info, metadata = read_info(folder)
-        _check_same_recipe(info.recipe, wanted, scale, f"{folder} holds a finished dataset")
-        try:
-            episodes, transitions = int(metadata["total_episodes"]), int(metadata["total_steps"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(f"{folder}: malformed metadata, no episode or step total ({e!r})") from e
-        return CollectionResult(folder, episodes, transitions, 0, 0.0)
+        return _finished(folder, wanted, scale)
     shard_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(shard_dir):
+        finished = (folder / DATA_DIR / METADATA_FILE).is_file()
+        if finished and not finished_indices(shard_dir) and not (shard_dir / RECIPE_FILE).exists():
+            shutil.rmtree(shard_dir)  # empty: another process finished the dataset between the check above and here
+            return _finished(folder, wanted, scale)
+        return _collect_shards(recipe, scale, total, name, folder, shard_dir, wanted, workers, progress)
+
+
+def _finished(folder: Path, wanted: dict[str, Any], scale: str) -> CollectionResult:
+    """A dataset already collected (and validated then): kept. A finished dataset is never overwritten, least of all
+    from another recipe. Its counts come from its metadata; validating it again would read every episode."""
+    info, metadata = read_info(folder)
+    _check_same_recipe(info.recipe, wanted, scale, f"{folder} holds a finished dataset")
+    try:
+        episodes, transitions = int(metadata["total_episodes"]), int(metadata["total_steps"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise DatasetError(f"{folder}: malformed metadata, no episode or step total ({e!r})") from e
+    return CollectionResult(folder, episodes, transitions, 0, 0.0)
+
+
+LOCK_FILE = ".lock"
+"""In the shard folder: held (flock) by the process collecting into it."""
+
+
+@contextlib.contextmanager
+def _exclusive(shard_dir: Path) -> Any:
+    """Hold the shard folder's lock; DatasetError at once if another process holds it (two collections into one
+    folder would write the same episodes and delete each other's shards). Unlocked where flock does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(shard_dir / LOCK_FILE, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DatasetError(
+                f"{shard_dir.parent}: another process is collecting into it (it holds {shard_dir / LOCK_FILE}); "
+                "wait for it to finish, or stop it and run this again to resume"
+            ) from None
+        yield
+
+
+def _collect_shards(
+    recipe: Recipe,
+    scale: str,
+    total: int,
+    name: str,
+    folder: Path,
+    shard_dir: Path,
+    wanted: dict[str, Any],
+    workers: int | None,
+    progress: bool,
+) -> CollectionResult:
+    """`collect` with the shard folder locked: the missing episodes, then the dataset, validated."""
+    from robot_rl.data.validate import validate_dataset
+    from robot_rl.runs import software_versions
+
     recorded = shard_dir / RECIPE_FILE
     if recorded.is_file():  # resuming: the episodes already there must come from the same recipe
         try:

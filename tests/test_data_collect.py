@@ -29,7 +29,7 @@ from robot_rl.data.episodes import (
 )
 from robot_rl.data.inspect import dataset_stats
 from robot_rl.data.validate import check_compatible, validate_dataset
-from sim_envs.collect import RECIPE_FILE, SCALES, Recipe, _worker, collect, load_recipe
+from sim_envs.collect import LOCK_FILE, RECIPE_FILE, SCALES, Recipe, _worker, collect, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "datasets" / "recipes"
@@ -187,6 +187,32 @@ def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: P
     assert finished_indices(shard_dir) == {0, 1}
     (shard_dir / RECIPE_FILE).write_text(recorded)
     assert collect(prior_recipe, "smoke", root, workers=1, progress=False).collected_now == 3
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock is POSIX")
+def test_a_second_collection_into_the_same_folder_is_refused_and_the_first_keeps_its_shards(
+    tmp_path: Path, prior_recipe: Recipe
+) -> None:
+    import fcntl
+
+    shard_dir = dataset_dir(tmp_path, prior_recipe.dataset_name("smoke")) / SHARD_DIR
+    shard_dir.mkdir(parents=True)
+    (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(prior_recipe.to_dict()))))
+
+    class Sink:
+        def put(self, _: int) -> None:
+            pass
+
+    _worker(prior_recipe, [0, 1], shard_dir, Sink())
+    before = {p.name: p.read_bytes() for p in shard_dir.glob("episode_*.npz")}
+    with open(shard_dir / LOCK_FILE, "w") as held:  # as the first collection's process holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DatasetError, match="another process is collecting into it"):
+            collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
+        assert {p.name: p.read_bytes() for p in shard_dir.glob("episode_*.npz")} == before
+    result = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)  # the lock is free again
+    assert (result.collected_now, result.episodes) == (3, 5)
+    assert not shard_dir.exists()
 
 
 def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, prior_recipe: Recipe) -> None:
