@@ -4,9 +4,11 @@ ensemble and the single agent, exact resume without losing online data, bad inpu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -365,6 +367,60 @@ def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> N
             expected = expected + (q_data[2 * i] - y).pow(2).mean() + (q_data[2 * i + 1] - y).pow(2).mean()
     torch.testing.assert_close(loss.detach(), expected)
     torch.testing.assert_close(agent_min_q(next_q, 3, 2)[1], torch.minimum(next_q[2], next_q[3]))
+
+
+def test_bf16_autocast_updates_the_ensemble_like_fp32_and_keeps_fp32_parameters() -> None:
+    """`autocast_dtype` bf16: the same update as fp32 up to bf16 rounding (so bf16 was in use), with fp32 parameters
+    and optimiser states, and the critics' output at fp32 resolution (Q near 100 is not rounded to bf16's 0.5)."""
+    torch.manual_seed(0)
+    members = [CQL(CQLConfig(hidden=(32, 32)), None, 3, 2) for _ in range(2)]
+    full = PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig())
+    with torch.no_grad():
+        full.q.head.net[-1].bias.fill_(100.3)
+        full.q_target.head.net[-1].bias.fill_(100.3)
+    half = copy.deepcopy(full)
+    half.autocast_dtype = torch.bfloat16
+    rng = np.random.default_rng(0)
+    b = 32
+    batch = to_torch(
+        Batch(
+            Observation(None, rng.standard_normal((b, 3), np.float32), None),
+            rng.uniform(-0.9, 0.9, (b, 2)).astype(np.float32),
+            (rng.random(b) < 0.3).astype(np.float32),
+            Observation(None, rng.standard_normal((b, 3), np.float32), None),
+            np.zeros(b, bool),
+            np.zeros(b, bool),
+        ),
+        torch.device("cpu"),
+    )
+    torch.manual_seed(1)
+    expected = full.update(batch)
+    torch.manual_seed(1)
+    got = half.update(batch)
+    assert all(math.isfinite(v) for v in got.values())
+    assert got["critic/q_data"] != expected["critic/q_data"]  # rounded somewhere: bf16 was in use
+    assert abs(got["critic/q_data"] - expected["critic/q_data"]) < 0.1  # not bf16's 0.5 steps at 100
+    for key in ("critic/td_loss", "actor/loss", "actor/entropy"):
+        assert got[key] == pytest.approx(expected[key], rel=0.05, abs=0.05), key
+    for module in (half.q, half.q_target, half.actor):
+        assert all(p.dtype == torch.float32 for p in module.parameters())
+    for optimizer in (half.critic_optimizer, half.actor_optimizer):
+        state = optimizer.state_dict()["state"]
+        assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_fine_tuning_precision_is_used_and_recorded(
+    cog_runs: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    used: list[torch.dtype | None] = []
+    real_update = PessimisticEnsemble.update
+    monkeypatch.setattr(
+        PessimisticEnsemble, "update", lambda self, batch: used.append(self.autocast_dtype) or real_update(self, batch)
+    )
+    run = finetune(config(cog_runs["runs"], tmp_path / "ft", online_steps=12, precision=precision))
+    assert json.loads((run / "run.json").read_text())["config"]["precision"] == precision
+    assert used == [torch.bfloat16 if precision == "bf16" else None] * (3 + 2)
 
 
 def test_keep_cql_adds_the_weighted_conservative_term_to_the_td_loss() -> None:

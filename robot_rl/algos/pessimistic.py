@@ -36,7 +36,7 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from robot_rl.algos.batch import TorchBatch
+from robot_rl.algos.batch import TorchBatch, autocast
 from robot_rl.algos.cql import CQL, alpha_loss, conservative_gap
 from robot_rl.algos.ensemble import EnsembleActor, agent_min_q, ensemble_q, stack_critics
 from robot_rl.algos.optim import adam, frozen, polyak
@@ -187,6 +187,9 @@ class PessimisticEnsemble:
         self.actor_optimizer = adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.alpha_optimizer = adam([self.log_alpha], lr=cfg.alpha_lr)
         self.steps = 0
+        self.autocast_dtype: torch.dtype | None = None
+        """Mixed precision of the forward passes (as `CQL.autocast_dtype`: the hidden layers in bf16, the output
+        layers, parameters, optimiser states and the backward's accumulation in fp32); None: fp32."""
 
     @classmethod
     def from_cql_agents(cls, agents: Sequence[CQL], cfg: PessimisticEnsembleConfig) -> PessimisticEnsemble:
@@ -212,22 +215,24 @@ class PessimisticEnsemble:
         alpha = self.log_alpha.exp().detach()
         # The members' features of s, computed once: detached for the critic's policy samples, with gradient for
         # the actor's loss (the actor does not change before its own step).
-        actor_features = self.actor.encode(batch.obs.image, batch.obs.state)  # (N, B, Fa)
-        loss, critic_features, metrics = ensemble_critic_loss(
-            self.q, self.q_target, self.actor, actor_features, batch, alpha, self.agents, self.cfg
-        )
+        with autocast(self.device, self.autocast_dtype):
+            actor_features = self.actor.encode(batch.obs.image, batch.obs.state)  # (N, B, Fa)
+            loss, critic_features, metrics = ensemble_critic_loss(
+                self.q, self.q_target, self.actor, actor_features, batch, alpha, self.agents, self.cfg
+            )
         self.critic_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.critic_optimizer.step()
 
-        a_loss, log_prob, a_metrics = ensemble_actor_loss(
-            self.q, self.actor, actor_features, critic_features, alpha, self.agents
-        )
+        with autocast(self.device, self.autocast_dtype):  # a new region: the critics' bf16 copies are re-cast
+            a_loss, log_prob, a_metrics = ensemble_actor_loss(
+                self.q, self.actor, actor_features, critic_features, alpha, self.agents
+            )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
         self.actor_optimizer.step()
 
-        t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob, self.target_entropy)
+        t_loss, t_metrics = alpha_loss(self.log_alpha, log_prob.float(), self.target_entropy)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         t_loss.backward()
         self.alpha_optimizer.step()

@@ -134,6 +134,9 @@ class FinetuneConfig:
     """cpu, cuda, or auto (cuda when available)."""
     threads: int = 2
     """torch CPU threads."""
+    precision: Literal["auto", "fp32", "bf16", "native"] = "auto"
+    """The ensemble's forward passes in bf16 autocast or fp32, as `robot-rl train --precision` (auto: bf16 on CUDA;
+    native: also on CPUs with bf16 matrix instructions). The density ratio and acting stay fp32."""
     out: Path | None = None
     """Run folder (default: runs/finetune-<timestamp>)."""
     progress: bool = True
@@ -550,6 +553,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     except ValueError as e:
         raise TrainingError(f"the runs cannot be joined into one ensemble: {e}") from e
     del members
+    agent.autocast_dtype = offline.autocast_dtype(cfg.precision, device)
     run = resume if resume is not None else new_run_dir(cfg.out, "finetune")
     write_run_record(run, "finetune", cfg)
 

@@ -170,6 +170,17 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a `precision` setting (auto, fp32, bf16, native; see `OfflineConfig.precision`) means on
+    `device`: torch.bfloat16, or None for fp32."""
+    bf16 = (
+        precision == "bf16"
+        or (precision in ("auto", "native") and device.type == "cuda")
+        or (precision == "native" and device.type == "cpu" and cpu_has_native_bf16())
+    )
+    return torch.bfloat16 if bf16 else None
+
+
 def make_agent(cfg: OfflineConfig, task: TransitionStore, device: torch.device) -> CQL | BC:
     image_shape = task.info.image_shape if cfg.observation == "image" else None
     spec = task.info.env_spec
@@ -256,12 +267,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
     sampler = make_sampler(cfg, task, prior)
     torch.manual_seed(cfg.seed)
     agent = make_agent(cfg, task, device)
-    bf16 = (
-        cfg.precision == "bf16"
-        or (cfg.precision in ("auto", "native") and device.type == "cuda")
-        or (cfg.precision == "native" and device.type == "cpu" and cpu_has_native_bf16())
-    )
-    agent.autocast_dtype = torch.bfloat16 if bf16 else None
+    agent.autocast_dtype = autocast_dtype(cfg.precision, device)
     use_privileged = cfg.observation == "state"
     if cfg.normalize_state:
         stores = [task] if prior is None or (cfg.algo == "bc" and cfg.bc_data == "task") else [task, prior]
