@@ -18,9 +18,12 @@ anyway. The development machine is a shared 2-core box: the 1-minute load averag
 - The pessimistic Q-ensemble's update (robot_rl.algos.pessimistic): median time of one `update` of a batch-256
   state batch for N = 5 joined CQL agents against N = 1 (the same code path, one agent), 3x256 heads, 17-d states
   (the drawer's state + privileged), torch on `--threads` threads (1 by default, as the fine-tuning runs use).
-  Members are computed in one batched forward, so N = 5 should cost far less than 5 single agents.
+  Members are computed in one batched forward. In fp32 on a CPU the update is bound by the matrix products'
+  arithmetic, which grows with N; in bf16 autocast (`--precision`, as `robot-rl finetune --precision bf16`) the
+  products are cheaper and more of the cost is per-update overhead that N does not multiply.
 
     python benchmarks/replay_speed.py [--out FILE.json] [--entries 1048576] [--batch 256] [--calls 2000] [--repeats 5]
+        [--threads 1] [--precision fp32 bf16]
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from numpy.typing import NDArray
 
 from robot_rl.replay.sumtree import SumTree
 
-TARGETS = {"sumtree_sample_update_ms": "<= 0.2", "ensemble_n5_over_n1": "< 2.5"}
+TARGETS = {"sumtree_sample_update_ms": "<= 0.2", "ensemble_n5_over_n1": "< 2.5", "ensemble_bf16_n5_over_n1": "< 2.5"}
 """The issue's target; a metric without one is informative only."""
 REFERENCE = {"sample_ms": 0.25, "update_ms": 0.54, "sample_update_ms": 0.79}
 """The Off2OnRL code's vectorised numpy sum tree, as measured by the issue on this machine (1M entries, batch 256)."""
@@ -134,8 +137,10 @@ def measure(
     }
 
 
-def ensemble_costs(threads: int, batch_size: int, updates: int) -> dict[str, float | int]:
-    """Median ms of one PessimisticEnsemble.update for N = 1 and N = 5 agents, and their ratio."""
+def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list[str]) -> dict[str, float | int]:
+    """Median ms of one PessimisticEnsemble.update for N = 1 and N = 5 agents, and their ratio, per precision (fp32;
+    bf16: the forward passes in bf16 autocast, as `robot-rl finetune --precision bf16`). Sizes and precisions are
+    timed in turns, 3 rounds of `updates` calls each; a figure is the median over the rounds' medians."""
     import torch
 
     from robot_rl.algos.batch import TorchBatch, TorchObs
@@ -153,18 +158,29 @@ def ensemble_costs(threads: int, batch_size: int, updates: int) -> dict[str, flo
         (torch.rand(batch_size, generator=g) < 0.3).float(), TorchObs(None, next_state), zeros, zeros,
     )  # fmt: skip
     out: dict[str, float | int] = {"ensemble_threads": threads, "ensemble_timed_updates": updates}
+    ensembles = {}
     for n in (1, 5):
         agents = [CQL(CQLConfig(hidden=(256, 256, 256)), None, state_dim, action_dim) for _ in range(n)]
-        ensemble = PessimisticEnsemble.from_cql_agents(agents, PessimisticEnsembleConfig())
-        for _ in range(5):  # warm-up
-            ensemble.update(batch)
-        times = []
-        for _ in range(updates):
-            start = time.perf_counter()
-            ensemble.update(batch)
-            times.append((time.perf_counter() - start) * 1e3)
-        out[f"ensemble_n{n}_update_ms"] = round(statistics.median(times), 3)
-    out["ensemble_n5_over_n1"] = round(float(out["ensemble_n5_update_ms"]) / float(out["ensemble_n1_update_ms"]), 2)
+        ensembles[n] = PessimisticEnsemble.from_cql_agents(agents, PessimisticEnsembleConfig())
+    rounds: dict[tuple[str, int], list[float]] = {}
+    for _ in range(3):
+        for precision in precisions:
+            for n, ensemble in ensembles.items():
+                ensemble.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+                for _ in range(5):  # warm-up
+                    ensemble.update(batch)
+                times = []
+                for _ in range(updates):
+                    start = time.perf_counter()
+                    ensemble.update(batch)
+                    times.append((time.perf_counter() - start) * 1e3)
+                rounds.setdefault((precision, n), []).append(statistics.median(times))
+    for precision in precisions:
+        prefix = "ensemble" if precision == "fp32" else f"ensemble_{precision}"
+        for n in (1, 5):
+            out[f"{prefix}_n{n}_update_ms"] = round(statistics.median(rounds[precision, n]), 3)
+        ratio = float(out[f"{prefix}_n5_update_ms"]) / float(out[f"{prefix}_n1_update_ms"])
+        out[f"{prefix}_n5_over_n1"] = round(ratio, 2)
     return out
 
 
@@ -179,6 +195,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the ensemble update")
     parser.add_argument("--ensemble-updates", type=int, default=60, help="timed ensemble updates per size")
     parser.add_argument("--skip-ensemble", action="store_true")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=["fp32", "bf16"],
+        help="the ensemble update's precisions (bf16 is slow where the CPU emulates it)",
+    )
     args = parser.parse_args()
 
     results: dict[str, float | int | str] = {
@@ -226,7 +249,7 @@ def main() -> None:
         )
 
     if not args.skip_ensemble:
-        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates))
+        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates, args.precision))
 
     print(f"{'metric':<46} {'ours':>16} {'target':>8}")
     for key, result in results.items():
