@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,7 +262,7 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def _exclusive(shard_dir: Path) -> Any:
+def _exclusive(shard_dir: Path) -> Iterator[None]:
     """Hold the shard folder's lock; DatasetError at once if another process holds it (two collections into one
     folder would write the same episodes and delete each other's shards). Unlocked where flock does not exist."""
     try:
