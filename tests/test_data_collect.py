@@ -61,6 +61,22 @@ def assert_same_dataset(a: Path, b: Path) -> None:
         assert np.array_equal(np.asarray(value), np.asarray(arrays_b[key])), key
 
 
+def partial_collection(root: Path, recipe: Recipe, episodes: list[int], record_recipe: bool = True) -> Path:
+    """A collection interrupted part-way: the shards of `episodes` (and the recipe they came from) on disk under
+    `root`, as `collect` leaves them. Returns the shard folder."""
+    shard_dir = dataset_dir(root, recipe.dataset_name("smoke")) / SHARD_DIR
+    shard_dir.mkdir(parents=True)
+    if record_recipe:
+        (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(recipe.to_dict()))))
+
+    class Sink:
+        def put(self, _: int) -> None:
+            pass
+
+    _worker(recipe, episodes, shard_dir, Sink())
+    return shard_dir
+
+
 @pytest.fixture(scope="module")
 def prior_recipe() -> Recipe:
     return tiny(load_recipe(RECIPES / "drawer-closed-prior.yaml"), 5)
@@ -168,15 +184,7 @@ def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: P
 
     # Part-way through a collection (shards on disk), a changed recipe is refused too, and the shards stay.
     root = tmp_path / "partial"
-    shard_dir = dataset_dir(root, prior_recipe.dataset_name("smoke")) / SHARD_DIR
-    shard_dir.mkdir(parents=True)
-    (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(prior_recipe.to_dict()))))
-
-    class Sink:
-        def put(self, _: int) -> None:
-            pass
-
-    _worker(prior_recipe, [0, 1], shard_dir, Sink())
+    shard_dir = partial_collection(root, prior_recipe, [0, 1])
     with pytest.raises(DatasetError, match=r"holds episodes collected from another recipe \(it differs in noise\)"):
         collect(changed, "smoke", root, workers=1, progress=False)
     assert finished_indices(shard_dir) == {0, 1}
@@ -195,15 +203,7 @@ def test_a_second_collection_into_the_same_folder_is_refused_and_the_first_keeps
 ) -> None:
     import fcntl
 
-    shard_dir = dataset_dir(tmp_path, prior_recipe.dataset_name("smoke")) / SHARD_DIR
-    shard_dir.mkdir(parents=True)
-    (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(prior_recipe.to_dict()))))
-
-    class Sink:
-        def put(self, _: int) -> None:
-            pass
-
-    _worker(prior_recipe, [0, 1], shard_dir, Sink())
+    shard_dir = partial_collection(tmp_path, prior_recipe, [0, 1])
     before = {p.name: p.read_bytes() for p in shard_dir.glob("episode_*.npz")}
     with open(shard_dir / LOCK_FILE, "w") as held:  # as the first collection's process holds it
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,14 +216,7 @@ def test_a_second_collection_into_the_same_folder_is_refused_and_the_first_keeps
 
 
 def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, prior_recipe: Recipe) -> None:
-    shard_dir = tmp_path / "drawer-closed-prior-smoke-v0" / SHARD_DIR
-    shard_dir.mkdir(parents=True)
-
-    class Sink:
-        def put(self, _: int) -> None:
-            pass
-
-    _worker(prior_recipe, [0, 3], shard_dir, Sink())
+    shard_dir = partial_collection(tmp_path, prior_recipe, [0, 3], record_recipe=False)
     (shard_dir / "episode_0000001.npz.tmp").write_bytes(b"half a shard")  # a write cut off mid-way
     result = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False)
     assert result.collected_now == 3
