@@ -1,0 +1,104 @@
+"""Why a drawer policy's episodes fail at the grasp: steps a deployed policy and sorts each episode by what happened.
+
+`robot-rl eval` reports which milestone a failed episode never reached (drawer opened, object held, success) and
+which it reached and then lost. This script looks inside the grasp, from the privileged scene state, on the same
+evaluation seeds (1,000,000 + i):
+
+- success;
+- never closed at the object: the gripper never closed with the TCP within 25 mm of the object in x-y and less than
+  15 mm above its centre (includes episodes that never opened the drawer);
+- fingers stalled open: after closing at the object the opening stays above 45 mm and moves by less than 3 mm
+  (the fingers jam, e.g. on the drawer floor while the arm keeps pressing down);
+- closed beside the object: the fingers close to under 20 mm without holding it;
+- held, then dropped: the object was held at some step and is not held at the end;
+- held at the end, not lifted out in time;
+- other.
+
+For the successes and the stalls it prints the mean z command over the three steps after the grasp closes and the
+TCP's height relative to the object's centre at that step. Torch runs on one thread, as in the evaluation workers: the
+thread count changes the actions' rounding, and that alone flips a few of 50 episodes' outcomes.
+
+    python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition closed] [--episodes 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import sim_envs  # noqa: F401  (registers the environments)
+from robot_rl.policy import Policy
+
+EVAL_SEED = 1_000_000
+"""Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
+
+
+def classify(policy: Policy, env: gym.Env, seed: int, condition: str) -> tuple[str, float, float]:  # type: ignore[type-arg]
+    """One episode: (its class, mean z command over the 3 steps after closing at the object, TCP z - object z there)."""
+    obs, info = env.reset(seed=seed, options={"initial_condition": condition})  # as `robot-rl eval` resets
+    scene_env = env.unwrapped
+    gaps, closed_near, held, dz, rel_z = [], [], [], [], []
+    success = False
+    for _ in range(scene_env.horizon):  # type: ignore[attr-defined]
+        action = policy.act(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        s = scene_env.scene_state()  # type: ignore[attr-defined]
+        offset = s.tcp - s.object_pos
+        near = bool(np.hypot(offset[0], offset[1]) < 0.025 and offset[2] < 0.015)
+        gaps.append(s.finger_gap)
+        closed_near.append(s.gripper_closed and near)
+        held.append(s.object_held)
+        dz.append(float(action[2]))
+        rel_z.append(float(offset[2]))
+        success = success or bool(info.get("success", False))
+        if success or terminated or truncated:  # as the evaluations, which end an episode at its success
+            break
+    if not any(closed_near):
+        return ("success" if success else "never closed at the object"), float("nan"), float("nan")
+    k = closed_near.index(True)
+    press, height = float(np.mean(dz[k : k + 3])), rel_z[k]
+    after = np.array(gaps[k + 3 : k + 8])
+    if success:
+        kind = "success"
+    elif any(held):
+        kind = "held at the end, not lifted out in time" if held[-1] else "held, then dropped"
+    elif len(after) >= 3 and np.ptp(after) < 0.003 and after[-1] > 0.045:
+        kind = "fingers stalled open"
+    elif min(gaps[k:]) < 0.02:
+        kind = "closed beside the object"
+    else:
+        kind = "other"
+    return kind, press, height
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (their policy/ is stepped)")
+    parser.add_argument("--initial-condition", default="closed")
+    parser.add_argument("--episodes", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(
+        1
+    )  # as the evaluation workers: the thread count changes the actions' rounding, which flips a few episodes
+    env = gym.make("robot_rl/Drawer-v0", privileged_state=True, include_image=False)
+    for run in args.runs:
+        policy = Policy.load(run / "policy")
+        results = [classify(policy, env, EVAL_SEED + i, args.initial_condition) for i in range(args.episodes)]
+        counts = collections.Counter(kind for kind, _, _ in results)
+        print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
+        for kind, count in counts.most_common():
+            line = f"  {kind:<42} {count:3d}"
+            if kind in ("success", "fingers stalled open"):
+                press = np.nanmean([p for k, p, _ in results if k == kind])
+                height = np.nanmean([h for k, _, h in results if k == kind])
+                line += f"   z command after closing {press:+.2f}, TCP - object z at closing {1000 * height:+.1f} mm"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()
