@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -38,16 +39,16 @@ EVAL_SEED = 1_000_000
 """Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
 
 
-def classify(policy: Policy, env: gym.Env, seed: int, condition: str) -> tuple[str, float, float]:  # type: ignore[type-arg]
+def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float]:
     """One episode: (its class, mean z command over the 3 steps after closing at the object, TCP z - object z there)."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})  # as `robot-rl eval` resets
-    scene_env = env.unwrapped
+    scene_env: Any = env.unwrapped  # the ManipulationEnv under gymnasium's wrappers
     gaps, closed_near, held, dz, rel_z = [], [], [], [], []
     success = False
-    for _ in range(scene_env.horizon):  # type: ignore[attr-defined]
+    for _ in range(scene_env.horizon):
         action = policy.act(obs)
         obs, _, terminated, truncated, info = env.step(action)
-        s = scene_env.scene_state()  # type: ignore[attr-defined]
+        s = scene_env.scene_state()
         offset = s.tcp - s.object_pos
         near = bool(np.hypot(offset[0], offset[1]) < 0.025 and offset[2] < 0.015)
         gaps.append(s.finger_gap)
@@ -82,9 +83,7 @@ def main() -> None:
     parser.add_argument("--initial-condition", default="closed")
     parser.add_argument("--episodes", type=int, default=50)
     args = parser.parse_args()
-    torch.set_num_threads(
-        1
-    )  # as the evaluation workers: the thread count changes the actions' rounding, which flips a few episodes
+    torch.set_num_threads(1)  # as the evaluation workers (see the module docstring)
     env = gym.make("robot_rl/Drawer-v0", privileged_state=True, include_image=False)
     for run in args.runs:
         policy = Policy.load(run / "policy")
