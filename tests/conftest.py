@@ -1,4 +1,4 @@
-"""Shared fixtures for the `sim_envs` tests: environments that are closed again after use."""
+"""Shared fixtures: environments that are closed again after use, and a check of mixed-precision training state."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 from sim_envs.env import ManipulationEnv
 
 EnvFactory = Callable[..., ManipulationEnv]
+Fp32Check = Callable[[list[torch.nn.Module], list[torch.optim.Optimizer]], None]
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +54,19 @@ def pick_place_env() -> Iterator[ManipulationEnv]:
     env = ManipulationEnv("pick_place", include_image=False, privileged_state=True)
     yield env
     env.close()
+
+
+@pytest.fixture
+def assert_fp32_training_state() -> Fp32Check:
+    """Assert that every parameter of the modules and every tensor state of the optimisers is fp32: what bf16
+    autocast must leave alone (it casts copies for the forward, never the master weights or Adam's moments)."""
+
+    def check(modules: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer]) -> None:
+        for module in modules:
+            assert all(p.dtype == torch.float32 for p in module.parameters()), type(module).__name__
+        for optimizer in optimizers:
+            state = optimizer.state_dict()["state"]
+            assert state, "the optimiser has not stepped"
+            assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+
+    return check

@@ -410,7 +410,9 @@ def test_one_step_bandit() -> None:
 
 
 @pytest.mark.parametrize("image", [None, (12, 12, 3)])
-def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(image: tuple[int, int, int] | None) -> None:
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(
+    image: tuple[int, int, int] | None, assert_fp32_training_state: Callable[..., None]
+) -> None:
     """The CUDA default of the trainer, exercised through CPU autocast: the same update as fp32 up to bf16 rounding
     (so the forward did run in bf16), finite, with fp32 parameters and optimiser states."""
     cfg = CQLConfig(hidden=(32, 32), conv=ConvConfig(channels=(4, 4), pool=(True, False)), sampled_actions=2)
@@ -426,10 +428,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_parameters(image:
     assert all(math.isfinite(v) for v in got.values())
     assert got["critic/loss"] != expected["critic/loss"]  # rounded somewhere: bf16 was in use
     assert got["critic/loss"] == pytest.approx(expected["critic/loss"], rel=0.05, abs=0.05)
-    for module in (half.q, half.q_target, half.actor):
-        assert all(p.dtype == torch.float32 for p in module.parameters())
-    state = half.critic_optimizer.state_dict()["state"]
-    assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+    assert_fp32_training_state([half.q, half.q_target, half.actor], [half.critic_optimizer])
 
 
 def test_bf16_autocast_keeps_the_q_values_at_fp32_resolution() -> None:

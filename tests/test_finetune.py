@@ -10,6 +10,7 @@ import io
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,7 +370,9 @@ def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> N
     torch.testing.assert_close(agent_min_q(next_q, 3, 2)[1], torch.minimum(next_q[2], next_q[3]))
 
 
-def test_bf16_autocast_updates_the_ensemble_like_fp32_and_keeps_fp32_parameters() -> None:
+def test_bf16_autocast_updates_the_ensemble_like_fp32_and_keeps_fp32_parameters(
+    assert_fp32_training_state: Callable[..., None],
+) -> None:
     """`autocast_dtype` bf16: the same update as fp32 up to bf16 rounding (so bf16 was in use), with fp32 parameters
     and optimiser states, and the critics' output at fp32 resolution (Q near 100 is not rounded to bf16's 0.5)."""
     torch.manual_seed(0)
@@ -402,11 +405,7 @@ def test_bf16_autocast_updates_the_ensemble_like_fp32_and_keeps_fp32_parameters(
     assert abs(got["critic/q_data"] - expected["critic/q_data"]) < 0.1  # not bf16's 0.5 steps at 100
     for key in ("critic/td_loss", "actor/loss", "actor/entropy"):
         assert got[key] == pytest.approx(expected[key], rel=0.05, abs=0.05), key
-    for module in (half.q, half.q_target, half.actor):
-        assert all(p.dtype == torch.float32 for p in module.parameters())
-    for optimizer in (half.critic_optimizer, half.actor_optimizer):
-        state = optimizer.state_dict()["state"]
-        assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+    assert_fp32_training_state([half.q, half.q_target, half.actor], [half.critic_optimizer, half.actor_optimizer])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
