@@ -83,10 +83,18 @@ def main() -> None:
     parser.add_argument("--initial-condition", default="closed")
     parser.add_argument("--episodes", type=int, default=50)
     args = parser.parse_args()
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
     torch.set_num_threads(1)  # as the evaluation workers (see the module docstring)
     env = gym.make("robot_rl/Drawer-v0", privileged_state=True, include_image=False)
+    conditions = env.unwrapped.scene.initial_conditions  # type: ignore[attr-defined]
+    if args.initial_condition not in conditions:
+        parser.error(f"--initial-condition {args.initial_condition!r} is not one of {conditions}")
     for run in args.runs:
-        policy = Policy.load(run / "policy")
+        try:
+            policy = Policy.load(run / "policy")
+        except (OSError, ValueError) as error:  # CheckpointError is a ValueError; a missing folder an OSError
+            parser.error(f"{run}: cannot load its deployed policy: {error}")
         results = [classify(policy, env, EVAL_SEED + i, args.initial_condition) for i in range(args.episodes)]
         counts = collections.Counter(kind for kind, _, _ in results)
         print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
