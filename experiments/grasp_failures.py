@@ -14,9 +14,11 @@ evaluation seeds (1,000,000 + i):
 - held at the end, not lifted out in time;
 - other.
 
-For the successes and the stalls it prints the mean z command over the three steps after the grasp closes and the
-TCP's height relative to the object's centre at that step. Torch runs on one thread, as in the evaluation workers: the
-thread count changes the actions' rounding, and that alone flips a few of 50 episodes' outcomes.
+For the successes and the stalls it prints the mean z command over the three steps after the grasp closes, the
+TCP's height relative to the object's centre at that step, and the range over episodes of the largest normal force
+a fingertip takes from the cabinet (the drawer floor) from then on (pybullet's contact points). Torch runs on one
+thread, as in the evaluation workers: the thread count changes the actions' rounding, and that alone flips a few of
+50 episodes' outcomes.
 
     python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition closed] [--episodes 50]
 """
@@ -39,11 +41,21 @@ EVAL_SEED = 1_000_000
 """Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
 
 
-def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float]:
-    """One episode: (its class, mean z command over the 3 steps after closing at the object, TCP z - object z there)."""
+def finger_press(scene_env: Any) -> float:
+    """The larger of the two fingers' total normal force (N) from contacts with the cabinet (drawers included)."""
+    client, arm, cabinet = scene_env.client, scene_env.arm, scene_env.scene.cabinet
+    return max(
+        float(sum(c[9] for c in client.getContactPoints(bodyA=arm.body, bodyB=cabinet, linkIndexA=finger)))
+        for finger in arm.finger_joints
+    )
+
+
+def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float, float]:
+    """One episode: (its class, mean z command over the 3 steps after closing at the object, TCP z - object z there,
+    the largest finger-on-cabinet force from then to the end)."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})  # as `robot-rl eval` resets
     scene_env: Any = env.unwrapped  # the ManipulationEnv under gymnasium's wrappers
-    gaps, closed_near, held, dz, rel_z = [], [], [], [], []
+    gaps, closed_near, held, dz, rel_z, press_n = [], [], [], [], [], []
     success = False
     for _ in range(scene_env.horizon):
         action = policy.act(obs)
@@ -56,13 +68,14 @@ def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) 
         held.append(s.object_held)
         dz.append(float(action[2]))
         rel_z.append(float(offset[2]))
+        press_n.append(finger_press(scene_env))
         success = success or bool(info.get("success", False))
         if success or terminated or truncated:  # as the evaluations, which end an episode at its success
             break
     if not any(closed_near):
-        return ("success" if success else "never closed at the object"), float("nan"), float("nan")
+        return ("success" if success else "never closed at the object"), float("nan"), float("nan"), float("nan")
     k = closed_near.index(True)
-    press, height = float(np.mean(dz[k : k + 3])), rel_z[k]
+    press, height, force = float(np.mean(dz[k : k + 3])), rel_z[k], max(press_n[k:])
     after = np.array(gaps[k + 3 : k + 8])
     if success:
         kind = "success"
@@ -74,7 +87,7 @@ def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) 
         kind = "closed beside the object"
     else:
         kind = "other"
-    return kind, press, height
+    return kind, press, height, force
 
 
 def main() -> None:
@@ -96,14 +109,16 @@ def main() -> None:
         except (OSError, ValueError) as error:  # CheckpointError is a ValueError; a missing folder an OSError
             parser.error(f"{run}: cannot load its deployed policy: {error}")
         results = [classify(policy, env, EVAL_SEED + i, args.initial_condition) for i in range(args.episodes)]
-        counts = collections.Counter(kind for kind, _, _ in results)
+        counts = collections.Counter(kind for kind, *_ in results)
         print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
         for kind, count in counts.most_common():
             line = f"  {kind:<42} {count:3d}"
             if kind in ("success", "fingers stalled open"):
-                press = np.nanmean([p for k, p, _ in results if k == kind])
-                height = np.nanmean([h for k, _, h in results if k == kind])
+                press = np.nanmean([p for k, p, _, _ in results if k == kind])
+                height = np.nanmean([h for k, _, h, _ in results if k == kind])
+                forces = [f for k, _, _, f in results if k == kind]
                 line += f"   z command after closing {press:+.2f}, TCP - object z at closing {1000 * height:+.1f} mm"
+                line += f", finger on cabinet up to {min(forces):.0f}-{max(forces):.0f} N"
             print(line)
 
 
