@@ -36,8 +36,8 @@ def train(precision: str, steps: int, log_every: int, run: Path, data: Path) -> 
     if _rows(run) and max(_rows(run)) >= steps:
         return f"{precision}: read {run}"
     cfg = OfflineConfig(
-        task=data / "drawer-closed-task-small-v0",
-        prior=data / "drawer-closed-prior-small-v0",
+        task=data / "drawer-closed-task-small-v1",
+        prior=data / "drawer-closed-prior-small-v1",
         algo="cog",
         observation="image",
         precision=precision,  # type: ignore[arg-type]
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--datasets", type=Path, default=Path("datasets"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/precision_parity.json"))
     args = parser.parse_args()
-    for name in ("drawer-closed-task-small-v0", "drawer-closed-prior-small-v0"):
+    for name in ("drawer-closed-task-small-v1", "drawer-closed-prior-small-v1"):
         if not (args.datasets / name).is_dir():
             raise SystemExit(
                 f"precision_parity: {args.datasets / name} is missing; collect it with "

@@ -20,7 +20,7 @@ a fingertip takes from the cabinet (the drawer floor) from then on (pybullet's c
 thread, as in the evaluation workers: the thread count changes the actions' rounding, and that alone flips a few of
 50 episodes' outcomes.
 
-    python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition closed] [--episodes 50]
+    python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition closed] [--episodes 50] [--env-id ID]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import torch
 
 import sim_envs  # noqa: F401  (registers the environments)
 from robot_rl.policy import Policy
+from sim_envs.env import ManipulationEnv
 
 EVAL_SEED = 1_000_000
 """Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
@@ -95,20 +96,25 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (their policy/ is stepped)")
     parser.add_argument("--initial-condition", default="closed")
     parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--env-id", help="default: the drawer environment the policy records it was trained in")
     args = parser.parse_args()
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    torch.set_num_threads(1)  # as the evaluation workers (see the module docstring)
-    env = gym.make("robot_rl/Drawer-v0", privileged_state=True, include_image=False)
-    conditions = env.unwrapped.scene.initial_conditions  # type: ignore[attr-defined]
+    conditions = ManipulationEnv.conditions_of("drawer")
     if args.initial_condition not in conditions:
         parser.error(f"--initial-condition {args.initial_condition!r} is not one of {conditions}")
+    torch.set_num_threads(1)  # as the evaluation workers (see the module docstring)
     for run in args.runs:
         try:
             policy = Policy.load(run / "policy")
         except (OSError, ValueError) as error:  # CheckpointError is a ValueError; a missing folder an OSError
             parser.error(f"{run}: cannot load its deployed policy: {error}")
+        env_id = args.env_id or policy.info.get("env_id")
+        if env_id not in ("robot_rl/Drawer-v0", "robot_rl/Drawer-v1"):
+            parser.error(f"{run}: give --env-id robot_rl/Drawer-v0 or -v1 (the policy records {env_id!r})")
+        env = gym.make(env_id, privileged_state=True, include_image=False)
         results = [classify(policy, env, EVAL_SEED + i, args.initial_condition) for i in range(args.episodes)]
+        env.close()
         counts = collections.Counter(kind for kind, *_ in results)
         print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
         for kind, count in counts.most_common():

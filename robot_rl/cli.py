@@ -127,7 +127,7 @@ class CollectConfig:
     workers: int | None = None
     """Worker processes (default: one per CPU core)."""
     root: Path = Path("datasets")
-    """Folder the dataset is written into, as ROOT/<recipe name>-<scale>-v0."""
+    """Folder the dataset is written into, as ROOT/<recipe name>-<scale>-v<N> (N: the scene's environment version)."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -160,7 +160,7 @@ class InspectConfig:
     """Validate a dataset and summarise it: statistics, an image grid and a video of a few episodes."""
 
     dataset: tyro.conf.Positional[Path]
-    """Dataset folder, e.g. datasets/drawer-closed-prior-small-v0."""
+    """Dataset folder, e.g. datasets/drawer-closed-prior-small-v1."""
     check: bool = False
     """Only validate (exit status 2 and the problems on stderr if invalid)."""
     out: Path | None = None
@@ -217,7 +217,9 @@ class EvalCommand:
     policy: tyro.conf.Positional[Path]
     """Policy folder, e.g. runs/cog-.../policy."""
     initial_condition: str = "closed"
-    env_id: str = "robot_rl/Drawer-v0"
+    env_id: str | None = None
+    """Gymnasium id to evaluate in (default: the one the policy records it was trained in; policies exported before
+    it was recorded were trained in robot_rl/Drawer-v0 or robot_rl/PickPlace-v0)."""
     image_size: int = 48
     episodes: int = 50
     workers: int = 2
@@ -232,9 +234,12 @@ def evaluate(cmd: EvalCommand) -> None:
     from robot_rl.policy import Policy
     from robot_rl.train.evaluate import EvalConfig, evaluate_parallel
 
-    Policy.load(cmd.policy)  # fail here, with the reason, before starting workers
+    policy = Policy.load(cmd.policy)  # fail here, with the reason, before starting workers
+    env_id = cmd.env_id or policy.info.get("env_id")
+    if not isinstance(env_id, str):
+        raise SystemExit(f"robot-rl eval: {cmd.policy} does not record the env it was trained in; give --env-id")
     cfg = EvalConfig(
-        env_id=cmd.env_id,
+        env_id=env_id,
         env_kwargs={"image_size": cmd.image_size, "privileged_state": True},
         initial_condition=cmd.initial_condition,
         episodes=cmd.episodes,

@@ -41,6 +41,7 @@ from typing import Any
 
 import yaml
 
+from robot_rl.data.episodes import DatasetError
 from robot_rl.runs import _jsonable, config_from_dict, software_versions
 from robot_rl.train.offline import OfflineConfig, train_offline, train_result
 
@@ -143,6 +144,7 @@ def load_experiment(
         raise ExperimentError(f"{path}: tasks and methods must not be empty")
 
     recipes: dict[str, Path] = {}
+    from sim_envs.collect import load_recipe  # the dataset's name carries the version of its scene's environment
 
     def dataset(value: Any, where: str) -> str:
         if not isinstance(value, str):
@@ -152,7 +154,10 @@ def load_experiment(
         recipe = recipes_dir / f"{value}.yaml"
         if not recipe.is_file():
             raise ExperimentError(f"{where}: {value!r} is neither a dataset folder nor a recipe in {recipes_dir}")
-        folder = root / f"{value}-{scale}-v0"
+        try:
+            folder = load_recipe(recipe).dataset_folder(root, scale)
+        except DatasetError as e:
+            raise ExperimentError(f"{where}: {e}") from e
         recipes[str(folder)] = recipe
         return str(folder)
 

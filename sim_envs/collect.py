@@ -44,7 +44,7 @@ from robot_rl.data.episodes import (
     write_minari_dataset,
     write_shard,
 )
-from sim_envs import ENV_IDS
+from sim_envs import ENV_IDS, env_version
 from sim_envs.env import ManipulationEnv
 from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill
 
@@ -87,6 +87,10 @@ class Recipe:
 
     def dataset_name(self, scale: str) -> str:
         return f"{self.name}-{scale}"
+
+    def dataset_folder(self, root: Path, scale: str) -> Path:
+        """`root/<name>-<scale>-v<N>`, N the version of the scene's current environment (`sim_envs.ENV_IDS`)."""
+        return dataset_dir(root, self.dataset_name(scale), env_version(self.scene))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -226,12 +230,13 @@ def collect(
     workers: int | None = None,
     progress: bool = True,
 ) -> CollectionResult:
-    """Collect `recipe` at `scale` into `root/<name>-<scale>-v0` (resuming from its shards), then write the dataset."""
+    """Collect `recipe` at `scale` into `recipe.dataset_folder(root, scale)` (resuming from its shards), then write the
+    dataset."""
     if scale not in SCALES:
         raise DatasetError(f"unknown scale {scale!r}; choose from {SCALES}")
     total = recipe.episodes[scale]
     name = recipe.dataset_name(scale)
-    folder = dataset_dir(root, name)
+    folder = recipe.dataset_folder(root, scale)
     shard_dir = folder / SHARD_DIR
     wanted = json.loads(json.dumps(recipe.to_dict()))  # as JSON keeps it, to compare with what was recorded
     if (folder / DATA_DIR / METADATA_FILE).is_file() and not shard_dir.exists():

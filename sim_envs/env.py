@@ -8,7 +8,7 @@ so that every episode depends on its seed and actions alone.
 from __future__ import annotations
 
 import numbers
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import gymnasium as gym
@@ -53,6 +53,9 @@ class EnvSpecRecord:
     image_shape: tuple[int, int, int] | None
     state_names: tuple[str, ...]
     privileged_names: tuple[str, ...] | None
+    workspace_low: tuple[float, float, float]
+    """Lower corner (m) of the box the TCP is commanded within; its z is the scene's floor for the fingertips."""
+    workspace_high: tuple[float, float, float]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +129,8 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
     Info: `success`, `initial_condition`, `step`, and `milestones`: the scene's sub-goals for this initial
     condition in task order (for the drawer: clear the way, open the drawer, hold the object, success), each true
     while it holds, so an evaluation can say where failed episodes stopped.
+    `tcp_floor` (m) is the lowest TCP height commanded, where the fingertips meet the scene's working surface
+    (`Scene.tcp_floor` unless given; `robot_rl/Drawer-v0` is the drawer scene with the table's 0.015).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
@@ -142,6 +147,7 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         render_mode: str | None = None,
         render_size: int = 256,
         arm: ArmConfig | None = None,
+        tcp_floor: float | None = None,
     ) -> None:
         self.scene = make_scene(scene)
         if initial_conditions is None:
@@ -167,7 +173,11 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
         self.render_mode = render_mode
 
         self.client = BulletClient(connection_mode=pybullet.DIRECT)
-        self._arm_config = arm or ArmConfig()
+        arm = arm or ArmConfig()
+        floor = max(arm.workspace_low[2], self.scene.tcp_floor if tcp_floor is None else float(tcp_floor))
+        if not floor < arm.workspace_high[2]:  # also refuses NaN
+            raise ValueError(f"tcp_floor must be below the workspace's top ({arm.workspace_high[2]} m), got {floor}")
+        self._arm_config = replace(arm, workspace_low=(*arm.workspace_low[:2], floor))
         self.arm = self._build_world()
         self.camera = Camera(self.client, self.scene.camera, *self.image_hw)
         self._render_camera = Camera(self.client, self.scene.camera, render_size, render_size)
@@ -276,6 +286,8 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
             image_shape=(*self.image_hw, 3) if self.include_image else None,
             state_names=STATE_NAMES,
             privileged_names=self.scene.privileged_names if self.privileged_state else None,
+            workspace_low=self._arm_config.workspace_low,
+            workspace_high=self._arm_config.workspace_high,
         )
 
     # -- internals -----------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ UPPER_ARM = (0.05, 0.25)  # shoulder -> elbow at zero angles, (forward, up)
 FOREARM = 0.175 + 0.075  # elbow -> wrist_angle axis
 TOOL = 0.065 + 0.085  # wrist_angle axis -> TCP along the gripper
 FINGER_TRAVEL = 0.036  # each finger's stroke; the opening between the fingers is twice the joint position
+FINGERTIP_PAST_TCP = 0.010  # the finger boxes end 0.095 along the gripper, the TCP sits at 0.085
 
 
 class BulletClient(pybullet_utils.bullet_client.BulletClient):  # type: ignore[misc]  # untyped base

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from sim_envs.robot import ASSET_DIR, Arm, BulletClient
+from sim_envs.robot import ASSET_DIR, FINGERTIP_PAST_TCP, Arm, BulletClient
 
 PARKED = (-0.3, -0.5)
 """Where an object that is not part of the episode is put (behind the camera), and the position reported for it."""
@@ -59,6 +59,9 @@ class Scene(Protocol):
     camera: CameraConfig
     privileged_names: tuple[str, ...]
     task: str
+    tcp_floor: float
+    """Lowest TCP height (m) the arm is commanded to: there the fingertips just reach the lowest surface the
+    gripper works on (v1 of the drawer scene; see `DrawerScene.tcp_floor`)."""
 
     def build(self, client: BulletClient) -> None: ...
 
@@ -167,6 +170,7 @@ class DrawerScene:
     DRAWER_TRAVEL = 0.14
     BOTTOM_JOINT, TOP_JOINT = 0, 1  # joint (and link) indices in cabinet.urdf
     DRAWER_TOP_Z = 0.072  # top edge of the bottom drawer's walls
+    DRAWER_FLOOR_Z = 0.017  # the bottom drawer's floor (the object rests on it)
     OPEN_THRESHOLD = 0.11  # the bottom drawer counts as open (object reachable) beyond this
     OBJECT_HALF = 0.015
     # The blocker stands in the 0.039 m gap between the bottom handle's bar and the drawer face and nearly fills the
@@ -179,6 +183,12 @@ class DrawerScene:
     # it: the scripted removal with action noise 0.1 leaves it within about 2 cm of the spot.
     BLOCKER_ASIDE = (0.2, -0.12)
     BLOCKER_ASIDE_SPREAD = 0.02
+    # Fingertips stop at the bottom drawer's floor. With the arm's bound at the table's height (v0: 0.015), a policy
+    # pressing down in the drawer drove them into its floor with 100-220 N (pybullet's contact forces), which no
+    # WidowX's servos can, and the floor's friction on them then held the 25 N finger motors open: the fingers
+    # jammed at ~60 mm beside the object (5 of seed 0's 8 failures from the closed drawer). Nothing in this scene is
+    # grasped lower: objects rest on the drawer floor or, set aside, on the table with their centre higher still.
+    tcp_floor = round(DRAWER_FLOOR_Z + FINGERTIP_PAST_TCP, 6)
 
     def build(self, client: BulletClient) -> None:
         table = _build_table(client)
@@ -217,7 +227,8 @@ class DrawerScene:
         client.resetJointState(self.cabinet, self.top_joint, top, 0.0)
         # The object sits near the front of the bottom drawer, so it is reachable once the drawer is open.
         local_x = 0.035 + rng.uniform(-0.005, 0.005)
-        obj = (self.FRONT - bottom + local_x, self.CENTER_Y + rng.uniform(-0.025, 0.025), 0.017 + self.OBJECT_HALF)
+        obj_y, obj_z = self.CENTER_Y + rng.uniform(-0.025, 0.025), self.DRAWER_FLOOR_Z + self.OBJECT_HALF
+        obj = (self.FRONT - bottom + local_x, obj_y, obj_z)
         client.resetBasePositionAndOrientation(self.object, obj, _quat_yaw(rng.uniform(-0.3, 0.3)))
         blocker_yaw = 0.0
         if condition == "blocked_by_object":
@@ -307,6 +318,7 @@ class PickPlaceScene:
     )  # fmt: skip
 
     OBJECT_HALF = 0.015
+    tcp_floor = OBJECT_HALF  # the object's centre: fingertips stop 5 mm above the table
     TRAY_INNER_HALF = 0.059
     TRAY_CENTER = (0.3, 0.13)
 

@@ -23,7 +23,6 @@ from robot_rl.data.episodes import (
     MAIN_FILE,
     SHARD_DIR,
     DatasetError,
-    dataset_dir,
     finished_indices,
     read_info,
 )
@@ -64,7 +63,7 @@ def assert_same_dataset(a: Path, b: Path) -> None:
 def partial_collection(root: Path, recipe: Recipe, episodes: list[int], record_recipe: bool = True) -> Path:
     """A collection interrupted part-way: the shards of `episodes` (and the recipe they came from) on disk under
     `root`, as `collect` leaves them. Returns the shard folder."""
-    shard_dir = dataset_dir(root, recipe.dataset_name("smoke")) / SHARD_DIR
+    shard_dir = recipe.dataset_folder(root, "smoke") / SHARD_DIR
     shard_dir.mkdir(parents=True)
     if record_recipe:
         (shard_dir / RECIPE_FILE).write_text(json.dumps(json.loads(json.dumps(recipe.to_dict()))))
@@ -132,7 +131,7 @@ def test_an_interrupted_collection_keeps_its_episodes_and_resumes(tmp_path: Path
     recipe_path.write_text(yaml.safe_dump(raw))
     command = [sys.executable, "-m", "robot_rl", "collect", str(recipe_path), "--scale", "smoke"]
     command += ["--root", str(tmp_path), "--workers", "1", "--no-progress"]
-    folder = tmp_path / "drawer-closed-prior-smoke-v0"
+    folder = tmp_path / "drawer-closed-prior-smoke-v1"
     # SIGINT back to its default in the child: a test run started in the background by a non-interactive shell
     # inherits it ignored (and so would the collection, which then ran to the end).
     process = subprocess.Popen(

@@ -154,7 +154,7 @@ def test_recipe_names_resolve_to_dataset_folders_of_the_scale(datasets: dict[str
         tasks={"closed_drawer": {"task": "drawer-closed-task", "prior": "drawer-closed-prior"}},
     )  # fmt: skip
     exp = load_experiment(path, recipes_dir=RECIPES)
-    assert exp.cells[0].config.task == tmp_path / "d" / "drawer-closed-task-smoke-v0"
+    assert exp.cells[0].config.task == tmp_path / "d" / "drawer-closed-task-smoke-v1"
     assert set(exp.recipes.values()) == {RECIPES / "drawer-closed-task.yaml", RECIPES / "drawer-closed-prior.yaml"}
 
 
@@ -170,7 +170,7 @@ def test_datasets_are_collected_once_and_a_changed_recipe_is_refused(datasets: d
     )  # fmt: skip
     exp = load_experiment(path, recipes_dir=recipes)
     made = ensure_datasets(exp, workers=1, progress=False)
-    assert sorted(p.name for p in made) == ["drawer-closed-prior-smoke-v0", "drawer-closed-task-smoke-v0"]
+    assert sorted(p.name for p in made) == ["drawer-closed-prior-smoke-v1", "drawer-closed-task-smoke-v1"]
     data = [folder / "data" / "main_data.hdf5" for folder in made]
     before = [(d.stat().st_mtime_ns, d.read_bytes()) for d in data]
     assert ensure_datasets(exp, workers=1, progress=False) == []  # there already: kept as they are

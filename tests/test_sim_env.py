@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 import sim_envs
 from sim_envs import ACTION_NAMES, ACTION_SCALES, ENV_IDS, STATE_NAMES
 from sim_envs.env import ManipulationEnv
+from sim_envs.robot import FINGERTIP_PAST_TCP
 from sim_envs.scenes import DrawerScene, PickPlaceScene
 from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill, run_skill_episode
 
@@ -381,6 +382,52 @@ def test_closed_condition_lets_open_bottom_drawer_open(drawer_env: ManipulationE
         result = run_skill_episode(drawer_env, "open_bottom_drawer", seed=seed, initial_condition="closed")
         assert drawer_env.scene_state().bottom_drawer >= D.OPEN_THRESHOLD, f"seed {seed}"
         assert result.success
+
+
+def press_and_close(env: ManipulationEnv, seed: int) -> tuple[float, float]:
+    """From the open drawer: open gripper over the object, descend at full speed past it, then close while still
+    pressing down (a policy's failing grasp). Returns (finger gap at the end, largest finger force on the cabinet)."""
+    reset_to(env, seed, "open")
+
+    def move_to(target: NDArray[np.float64], gripper: float, steps: int) -> None:
+        for _ in range(steps):
+            delta = np.clip((target - env.scene_state().tcp) / ACTION_SCALES[0], -1.0, 1.0)
+            env.step(np.array([*delta, 0.0, gripper], dtype=np.float32))
+
+    s = env.scene_state()
+    move_to(np.array([*s.object_pos[:2], 0.12]), -1.0, 10)
+    move_to(np.array([*s.object_pos[:2], -0.05]), -1.0, 6)  # aims below the floor: the arm presses on it
+    force = 0.0
+    for _ in range(8):
+        env.step(np.array([0.0, 0.0, -0.3, 0.0, 1.0], dtype=np.float32))
+        for finger in env.arm.finger_joints:
+            contacts = env.client.getContactPoints(bodyA=env.arm.body, bodyB=env.scene.cabinet, linkIndexA=finger)
+            force = max(force, sum(c[9] for c in contacts))
+    return env.scene_state().finger_gap, force
+
+
+def test_fingertips_stop_at_the_drawer_floor_and_close_on_the_object(make_env: EnvFactory) -> None:
+    """v1 of the drawer: the arm cannot drive the fingertips into the drawer's floor, so a grasp that closes while
+    pressing down still closes on the object. v0 (the table's floor) jams them: the contrast shows the test bites."""
+    assert make_env("drawer").spec_record().workspace_low[2] == pytest.approx(D.DRAWER_FLOOR_Z + FINGERTIP_PAST_TCP)
+    for seed in SEEDS:
+        gap, force = press_and_close(make_env("drawer", include_image=False, privileged_state=True), seed)
+        assert gap < 2 * D.OBJECT_HALF + 0.004 and force < 25.0, f"seed {seed}: gap {gap:.3f} m, force {force:.0f} N"
+    gap, force = press_and_close(make_env("drawer", include_image=False, privileged_state=True, tcp_floor=0.015), 0)
+    assert gap > 0.045 and force > 50.0, f"v0: gap {gap:.3f} m, force {force:.0f} N"
+
+
+def test_drawer_v0_keeps_the_tables_floor() -> None:
+    env = gym.make("robot_rl/Drawer-v0", include_image=False)
+    try:
+        assert env.unwrapped.spec_record().workspace_low[2] == 0.015  # type: ignore[attr-defined]
+    finally:
+        env.close()
+
+
+def test_tcp_floor_above_the_workspace_is_refused() -> None:
+    with pytest.raises(ValueError, match="tcp_floor"):
+        ManipulationEnv("drawer", include_image=False, tcp_floor=0.5)
 
 
 # -- 4. reward, success, termination, truncation ---------------------------------------------------------------------

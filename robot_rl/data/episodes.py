@@ -3,8 +3,8 @@
 A dataset is a Minari dataset (HDF5 backend, lossless), readable by `minari.load_dataset` and so by Minari-aware
 tools::
 
-    <root>/<name>-v0/data/metadata.json    Minari's metadata, plus ours under "robot_rl" (see `DatasetInfo`)
-    <root>/<name>-v0/data/main_data.hdf5   one group per episode, `episode_<i>`:
+    <root>/<name>-v<N>/data/metadata.json    Minari's metadata, plus ours under "robot_rl" (see `DatasetInfo`)
+    <root>/<name>-v<N>/data/main_data.hdf5   one group per episode, `episode_<i>`:
         observations/image       (T+1, H, W, 3) uint8, gzip level 4 (lossless; ~0.3 KB a 48x48 frame)
         observations/state       (T+1, 5) float32
         observations/privileged  (T+1, P) float32
@@ -13,7 +13,7 @@ tools::
 
 Observations hold T+1 entries (the last is the final observation), so every frame is stored once and the next
 observation of step t is entry t+1. While collecting, each finished episode is written atomically (temporary file,
-fsync, rename) to `<root>/<name>-v0/shards/`; an interrupted collection keeps every finished episode and resumes.
+fsync, rename) to `<root>/<name>-v<N>/shards/`; an interrupted collection keeps every finished episode and resumes.
 Shards hold plain arrays and JSON text, loaded with `allow_pickle=False`.
 """
 
@@ -157,8 +157,9 @@ def finished_indices(shard_dir: Path) -> set[int]:
 
 
 # -- Minari dataset --------------------------------------------------------------------------------------------------
-def dataset_dir(root: Path, name: str) -> Path:
-    return root / f"{name}-v0"
+def dataset_dir(root: Path, name: str, version: int) -> Path:
+    """`root/<name>-v<version>`: as Minari's dataset ids, the version of the environment the data came from."""
+    return root / f"{name}-v{version}"
 
 
 def write_minari_dataset(
@@ -206,7 +207,7 @@ def write_minari_dataset(
             total_episodes += 1
     storage.update_metadata(
         {
-            "dataset_id": f"{info.name}-v0",
+            "dataset_id": folder.name,
             "minari_version": minari_version,
             "total_episodes": total_episodes,
             "total_steps": total_steps,
@@ -221,7 +222,7 @@ def write_minari_dataset(
 
 
 def read_info(folder: Path) -> tuple[DatasetInfo, dict[str, Any]]:
-    """Our metadata and Minari's (the whole metadata.json) of the dataset in `folder` (the `<name>-v0` folder)."""
+    """Our metadata and Minari's (the whole metadata.json) of the dataset in `folder` (a `<name>-v<N>` folder)."""
     path = folder / DATA_DIR / METADATA_FILE
     if not path.is_file():
         raise DatasetError(f"{folder}: not a dataset (no {DATA_DIR}/{METADATA_FILE})")

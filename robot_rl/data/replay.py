@@ -274,7 +274,7 @@ def load_dataset(
     relabel_reward: float | None = None,
     cache: bool = True,
 ) -> TransitionStore:
-    """Load the dataset in `folder` (the `<name>-v0` folder) into a `TransitionStore`.
+    """Load the dataset in `folder` (a `<name>-v<N>` folder) into a `TransitionStore`.
 
     `keys` are the observation keys to load (default: every key the dataset has; `state` is required). A first
     load (no valid cache) checks what it reads as `validate_dataset` would (shapes, finiteness, action bounds,

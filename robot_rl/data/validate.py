@@ -33,7 +33,7 @@ class ValidationReport:
 
 
 def validate_dataset(folder: Path) -> ValidationReport:
-    """Check the dataset in `folder` (a `<name>-v0` folder); raise `DatasetError` naming every problem found."""
+    """Check the dataset in `folder` (a `<name>-v<N>` folder); raise `DatasetError` naming every problem found."""
     folder = Path(folder)
     info, metadata = read_info(folder)
     path = folder / DATA_DIR / MAIN_FILE
@@ -169,6 +169,8 @@ def check_compatible(infos: Sequence[DatasetInfo], where: Sequence[Path | str]) 
             ("image shape", first.image_shape, info.image_shape),
             ("state names", first.env_spec.get("state_names"), info.env_spec.get("state_names")),
             ("scene", first.scene, info.scene),
+            # The environment's version: the drawer's v1 stops the fingertips at the drawer floor, v0 did not.
+            ("environment", first.env_id, info.env_id),
         ):
             if a != b:
                 raise DatasetError(f"cannot combine {where[0]} and {place}: their {what} differ ({a} vs {b})")

@@ -38,7 +38,7 @@ class ActingPolicy(Protocol):
 class EvalConfig:
     """Which env, from where, how many episodes."""
 
-    env_id: str = "robot_rl/Drawer-v0"
+    env_id: str = "robot_rl/Drawer-v1"
     """A registered gymnasium id."""
     env_module: str = "sim_envs"
     """Module imported (in each worker) to register `env_id`."""

@@ -650,6 +650,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     def evaluate_now() -> dict[str, float]:
         # The deployable policy (all N actors, acting with their moment-matched Gaussian), then its evaluation.
         info_record = {"online_steps": counters["online_steps"], "runs": [str(r) for r in cfg.runs]}
+        info_record["env_id"] = info.env_id  # what `robot-rl eval` steps it in by default
         with torch.random.fork_rng(devices=[]):  # exporting builds modules: training's draws stay as they were
             policy = export_policy(agent, spec, use_privileged=not image, info=info_record)
             policy.save(run / "policies" / f"step{counters['online_steps']}")  # one per evaluation, kept

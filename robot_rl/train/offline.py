@@ -59,7 +59,7 @@ class OfflineConfig:
     """Offline RL from datasets (COG and its baselines)."""
 
     task: Path | None = None
-    """Task dataset folder (datasets/<name>-v0): the sparse task reward. Required unless resuming."""
+    """Task dataset folder (datasets/<name>-v<N>): the sparse task reward. Required unless resuming."""
     prior: Path | None = None
     """Prior dataset folder; its rewards are relabelled to 0. Required by cog and sac, and by bc with all data."""
     algo: Literal["cog", "cql", "bc", "sac"] = "cog"
@@ -305,13 +305,16 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
         average = isinstance(agent, CQL) and agent.actor_average is not None
         with torch.random.fork_rng(devices=[]):
             deployed = agent.deployed_actor if isinstance(agent, CQL) else None
-            policy = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, actor=deployed)
+            trained_in = {"env_id": task.info.env_id}  # what `robot-rl eval` steps it in by default
+            policy = export_policy(
+                agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, actor=deployed
+            )
             policy.save(run / "policies" / f"step{step}")
             folder = policy.save(run / "policy")
             result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
             summary = result.summary()
             if average:
-                live = export_policy(agent, task.info.env_spec, use_privileged=use_privileged)
+                live = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in)
                 live_folder = live.save(run / "policies" / f"step{step}-live")
                 live_result = evaluate_parallel(functools.partial(Policy.load, live_folder), eval_cfg, None)
                 summary |= {k.replace("eval/", "eval_live/", 1): v for k, v in live_result.summary().items()}
