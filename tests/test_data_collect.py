@@ -292,6 +292,9 @@ def test_datasets_that_differ_cannot_be_combined(tmp_path: Path, collected: Path
         check_compatible([infos[0], infos[1]], [collected, pick])
     with pytest.raises(DatasetError, match="image shape differ"):
         check_compatible([infos[0], infos[2]], [collected, big_images])
+    older = dataclasses.replace(infos[0], env_id="robot_rl/Drawer-v0")  # the same scene before its fingertip floor
+    with pytest.raises(DatasetError, match="environment differ"):
+        check_compatible([infos[0], older], [collected, collected])
 
 
 def test_stats_and_inspect_command(tmp_path: Path, collected: Path, capsys: pytest.CaptureFixture[str]) -> None:

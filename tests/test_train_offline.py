@@ -13,7 +13,7 @@ import torch
 
 from robot_rl.algos.cql import CQLConfig
 from robot_rl.checkpoints import load_learner
-from robot_rl.data.episodes import DatasetError
+from robot_rl.data.episodes import DatasetError, read_info
 from robot_rl.data.replay import Batch, load_dataset
 from robot_rl.networks import ConvConfig
 from robot_rl.policy import Policy
@@ -188,6 +188,18 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
     assert "success" in main_out
     result = json.loads((out / "eval-closed" / "eval.json").read_text())
     assert result["eval/episodes"] == 2.0 and len(result["per_episode"]) == 2
+    assert Policy.load(out / "policy").info["env_id"] == read_info(datasets["task"])[0].env_id  # what eval stepped
+
+
+def test_eval_command_needs_an_env_id_for_a_policy_that_records_none(datasets: dict[str, Path], tmp_path: Path) -> None:
+    from robot_rl.cli import main
+
+    run = train_offline(config(datasets, tmp_path / "old", steps=2, log_every=1))
+    policy = Policy.load(run / "policy")
+    policy.info.pop("env_id")  # as policies exported before the env was recorded
+    old = policy.save(tmp_path / "old-policy")
+    with pytest.raises(SystemExit, match="give --env-id"):
+        main(["eval", str(old), "--episodes", "1", "--workers", "1"])
 
 
 def test_state_standardisation_comes_from_the_training_data_and_ships_with_the_policy(
