@@ -117,6 +117,10 @@ def load_recipe(path: Path) -> Recipe:
     return recipe
 
 
+PHYSICS_KWARGS = {"arm", "tcp_floor"}
+"""`ManipulationEnv` arguments a recipe may not set: data collected with them is not the env its version names."""
+
+
 def check_recipe(recipe: Recipe, where: str) -> None:
     if recipe.scene not in ENV_IDS:
         raise DatasetError(f"{where}: unknown scene {recipe.scene!r}; choose from {sorted(ENV_IDS)}")
@@ -145,6 +149,12 @@ def check_recipe(recipe: Recipe, where: str) -> None:
         raise DatasetError(f"{where}: episodes must give a positive count for each of {SCALES}{lacking}")
     if recipe.noise < 0:
         raise DatasetError(f"{where}: noise must be >= 0")
+    physics = sorted(set(recipe.env_kwargs) & PHYSICS_KWARGS)
+    if physics:
+        raise DatasetError(
+            f"{where}: env_kwargs may not set {physics}: they change the physics that the dataset's version "
+            f"({ENV_IDS[recipe.scene]}) names"
+        )
 
 
 def episode_seed(recipe_seed: int, index: int) -> int:

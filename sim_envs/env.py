@@ -174,9 +174,10 @@ class ManipulationEnv(gym.Env[dict[str, NDArray[Any]], NDArray[np.float32]]):
 
         self.client = BulletClient(connection_mode=pybullet.DIRECT)
         arm = arm or ArmConfig()
-        floor = max(arm.workspace_low[2], self.scene.tcp_floor if tcp_floor is None else float(tcp_floor))
+        floor = self.scene.tcp_floor if tcp_floor is None else float(tcp_floor)
         if not floor < arm.workspace_high[2]:  # also refuses NaN
             raise ValueError(f"tcp_floor must be below the workspace's top ({arm.workspace_high[2]} m), got {floor}")
+        floor = max(arm.workspace_low[2], floor)
         self._arm_config = replace(arm, workspace_low=(*arm.workspace_low[:2], floor))
         self.arm = self._build_world()
         self.camera = Camera(self.client, self.scene.camera, *self.image_hw)

@@ -236,6 +236,7 @@ def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, p
         ({"episodes": {"smoke": 1, "small": 1, "paper": 1}}, "missing: medium"),
         ({"flavour": "mint"}, "unknown recipe keys"),
         ({"kind": "both"}, "kind must be one of"),
+        ({"env_kwargs": {"tcp_floor": 0.015}}, r"may not set \['tcp_floor'\].*robot_rl/Drawer-v1"),
     ],
 )
 def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path, change: dict[str, object], message: str) -> None:

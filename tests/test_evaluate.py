@@ -21,6 +21,7 @@ from robot_rl.train.evaluate import (
     make_env,
     run_episode,
 )
+from sim_envs import ENV_IDS
 from sim_envs.scenes import DrawerScene, SceneState
 from sim_envs.skills import CLOSE, TRAVEL_Z, OpenBottomDrawer, Skill, SkillChain, Waypoint
 
@@ -103,7 +104,7 @@ class PushBottomShut(Skill):
 
 
 def test_milestones_say_where_failed_episodes_stopped() -> None:
-    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    cfg = EvalConfig(env_id=ENV_IDS["drawer"], env_kwargs={"include_image": False}, initial_condition="closed")
     env = make_env(cfg)
     try:
         opened = run_episode(env, Scripted(env, OpenBottomDrawer()), EVAL_SEED, "closed", None)
@@ -129,7 +130,7 @@ def test_milestones_say_where_failed_episodes_stopped() -> None:
 
 
 def test_a_milestone_reached_and_then_undone_is_counted_as_undone() -> None:
-    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    cfg = EvalConfig(env_id=ENV_IDS["drawer"], env_kwargs={"include_image": False}, initial_condition="closed")
     env = make_env(cfg)
     try:
         open_then_shut = Scripted(env, SkillChain("open_then_shut", [OpenBottomDrawer(), PushBottomShut()]))
@@ -162,7 +163,7 @@ class MalformedMilestones(gym.Wrapper[Any, Any, Any, Any]):
 
 
 def test_malformed_milestones_from_an_env_are_refused_by_name() -> None:
-    cfg = EvalConfig(env_id="robot_rl/Drawer-v0", env_kwargs={"include_image": False}, initial_condition="closed")
+    cfg = EvalConfig(env_id=ENV_IDS["drawer"], env_kwargs={"include_image": False}, initial_condition="closed")
     env = MalformedMilestones(make_env(cfg))
     try:
         with pytest.raises(ValueError, match=r"info\['milestones'\] must map milestone names to bools"):

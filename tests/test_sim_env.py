@@ -425,9 +425,10 @@ def test_drawer_v0_keeps_the_tables_floor() -> None:
         env.close()
 
 
-def test_tcp_floor_above_the_workspace_is_refused() -> None:
+@pytest.mark.parametrize("floor", [0.5, float("nan")])
+def test_tcp_floor_above_the_workspace_or_nan_is_refused(floor: float) -> None:
     with pytest.raises(ValueError, match="tcp_floor"):
-        ManipulationEnv("drawer", include_image=False, tcp_floor=0.5)
+        ManipulationEnv("drawer", include_image=False, tcp_floor=floor)
 
 
 # -- 4. reward, success, termination, truncation ---------------------------------------------------------------------
