@@ -1,7 +1,8 @@
-"""Shared fixtures: environments that are closed again after use, and a check of mixed-precision training state."""
+"""Shared fixtures: environments that are closed again after use, and checks of mixed-precision training."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from sim_envs.env import ManipulationEnv
 
 EnvFactory = Callable[..., ManipulationEnv]
 Fp32Check = Callable[[list[torch.nn.Module], list[torch.optim.Optimizer]], None]
+PairedUpdates = Callable[[Any, Any, Any, str], tuple[dict[str, float], dict[str, float]]]
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +72,21 @@ def assert_fp32_training_state() -> Fp32Check:
             assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
 
     return check
+
+
+@pytest.fixture
+def fp32_and_bf16_updates() -> PairedUpdates:
+    """One update of an fp32 agent and one of its bf16-autocast copy on the same batch and torch seed; returns
+    (fp32 metrics, bf16 metrics) after asserting the bf16 ones finite and their `key` changed by rounding (so bf16
+    was in use). Callers compare the rest at bf16's tolerance."""
+
+    def run(full: Any, half: Any, batch: Any, key: str) -> tuple[dict[str, float], dict[str, float]]:
+        torch.manual_seed(1)
+        expected = full.update(batch)
+        torch.manual_seed(1)
+        got = half.update(batch)
+        assert all(math.isfinite(v) for v in got.values()), got
+        assert got[key] != expected[key], f"{key} is bit-identical: the update did not run in bf16"
+        return expected, got
+
+    return run
