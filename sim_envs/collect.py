@@ -46,7 +46,7 @@ from robot_rl.data.episodes import (
 )
 from sim_envs import ENV_IDS, env_version
 from sim_envs.env import ManipulationEnv
-from sim_envs.skills import SKILLS, ScriptedPolicy, make_skill
+from sim_envs.skills import GRASPS, SKILLS, ScriptedPolicy, make_skill
 
 RECIPE_FILE = "recipe.json"
 """The recipe of a collection in progress, kept with its shards so that a resume cannot mix two recipes."""
@@ -63,6 +63,8 @@ class MixtureEntry:
     initial_condition: str
     weight: float
     suboptimal_prob: float = 0.0
+    approach_error: float = 0.0
+    """Metres; for the grasps (`sim_envs.skills.GRASPS`): descend beside the object, then correct (see `_Grasp`)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,9 @@ def load_recipe(path: Path) -> Recipe:
     return recipe
 
 
+MAX_APPROACH_ERROR = 0.05
+"""A grasp aimed further beside the object than this is not a grasp."""
+
 PHYSICS_KWARGS = {"arm", "tcp_floor"}
 """`ManipulationEnv` arguments a recipe may not set: data collected with them is not the env its version names."""
 
@@ -143,6 +148,13 @@ def check_recipe(recipe: Recipe, where: str) -> None:
             )
         if not (entry.weight > 0 and math.isfinite(entry.weight)) or not 0 <= entry.suboptimal_prob <= 1:
             raise DatasetError(f"{where}: mixture[{i}]: need weight > 0 and 0 <= suboptimal_prob <= 1")
+        error = entry.approach_error
+        if isinstance(error, bool) or not isinstance(error, (int, float)) or not 0 <= error <= MAX_APPROACH_ERROR:
+            raise DatasetError(
+                f"{where}: mixture[{i}]: approach_error must be 0-{MAX_APPROACH_ERROR} m, got {entry.approach_error}"
+            )
+        if entry.approach_error > 0 and entry.skill not in GRASPS:
+            raise DatasetError(f"{where}: mixture[{i}]: approach_error is for the grasps {GRASPS}, not {entry.skill!r}")
     missing = [scale for scale in SCALES if scale not in recipe.episodes]
     if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
         lacking = f" (missing: {', '.join(missing)})" if missing else ""
@@ -172,7 +184,7 @@ def collect_episode(env: ManipulationEnv, recipe: Recipe, index: int) -> Episode
     rng = np.random.default_rng(seed)
     weights = np.array([e.weight for e in recipe.mixture])
     entry = recipe.mixture[int(rng.choice(len(weights), p=weights / weights.sum()))]
-    skill = make_skill(entry.skill, rng)
+    skill = make_skill(entry.skill, rng, entry.approach_error)
     policy = ScriptedPolicy(skill, rng, noise=recipe.noise, suboptimal_prob=entry.suboptimal_prob)
     obs, info = env.reset(seed=seed, options={"initial_condition": entry.initial_condition})
     observations: dict[str, list[Any]] = {key: [value] for key, value in obs.items()}
@@ -362,9 +374,15 @@ def _check_same_recipe(recorded: dict[str, Any], wanted: dict[str, Any], scale: 
     """Refuse when the recipe differs in anything that shapes this scale's data. Episode counts of other scales
     do not (a scale added to a recipe later leaves the datasets already collected valid)."""
 
+    defaults = {f.name: f.default for f in dataclasses.fields(MixtureEntry) if f.default is not dataclasses.MISSING}
+
     def at_scale(recipe: dict[str, Any]) -> dict[str, Any]:
         episodes = recipe.get("episodes")
-        return {**recipe, "episodes": episodes.get(scale) if isinstance(episodes, dict) else episodes}
+        mixture = recipe.get("mixture")
+        if isinstance(mixture, list):  # an entry field added since, at its default, shapes the data as before
+            mixture = [{**defaults, **e} if isinstance(e, dict) else e for e in mixture]
+        episodes = episodes.get(scale) if isinstance(episodes, dict) else episodes
+        return {**recipe, "episodes": episodes, "mixture": mixture}
 
     recorded, wanted = at_scale(recorded), at_scale(wanted)
     differing = sorted(k for k in recorded.keys() | wanted.keys() if recorded.get(k) != wanted.get(k))

@@ -185,23 +185,79 @@ class RemoveBlocker(Skill):
         return D().blocker_clear(s)
 
 
-class GraspFromDrawer(Skill):
-    """Open the gripper above the object in the open bottom drawer, descend, close, and lift it out."""
+class _Grasp(Skill):
+    """Align above the object, descend, close, lift: the grasp shared by the drawer and the table.
 
-    name = "grasp_from_drawer"
+    With `approach_error` > 0 (metres) the skill first aims beside the object, at a distance drawn uniformly from
+    [approach_error / 2, approach_error] in a uniformly drawn direction, descends there to grasp height and only then
+    moves over the object (at ~1 cm per step) before closing. A precise scripted descent never visits those states,
+    while a learnt policy's descent drifts into them (and, having no data there, stalls open): these episodes show
+    the correction. Where a finger lands on the object or a wall instead, the grasp rises and retries above it.
+    """
+
+    above_z: float
+    lift_z: float
+    grasp_z: float | None = None
+    """The TCP height to close at; None: the object's centre."""
+    DESCENT_STEPS = 8
+    """The beside-the-object descent ends at grasp height or after this many steps (a finger may land on the object)."""
+    BLOCKED_ABOVE = 0.015
+    STALL_DZ = 0.003
+    """A descent that gains less than STALL_DZ in a step while still BLOCKED_ABOVE above grasp height is blocked (a
+    finger on the object or on a drawer wall): the grasp rises straight up and retries with the object as its aim."""
+    CORRECTION_SPEED = 0.35
+    """Cap on the normalised command moving over the object at grasp height (~1 cm per step)."""
+
+    def __init__(self, rng: np.random.Generator | None = None, approach_error: float = 0.0) -> None:
+        super().__init__()
+        if not (approach_error >= 0 and math.isfinite(approach_error)):
+            raise ValueError(f"approach_error must be a finite distance >= 0 (metres), got {approach_error}")
+        if approach_error > 0 and rng is None:
+            raise ValueError("a grasp with an approach_error needs an rng to draw it")
+        self.rng, self.approach_error = rng, approach_error
+        self.offset, self._rise_from, self._last_z = np.zeros(2), np.zeros(2), math.inf
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        self._last_z = math.inf
+        if self.approach_error > 0:
+            assert self.rng is not None
+            radius = self.rng.uniform(self.approach_error / 2, self.approach_error)
+            angle = self.rng.uniform(0.0, 2 * math.pi)
+            self.offset = radius * np.array([math.cos(angle), math.sin(angle)])
 
     def waypoint(self, s: SceneState) -> Waypoint | None:
         o = s.object_pos
+        z = float(o[2]) if self.grasp_z is None else self.grasp_z
         yaw = _grasp_yaw(s.object_yaw)
-        match self.phase:
+        beside = self.approach_error > 0
+        # Phases: above the aim point, descend there (only with an approach error: the aim is the object otherwise),
+        # move to the object at grasp height, close, lift.
+        phase = self.phase if beside or self.phase == 0 else self.phase + 1
+        aim = o[:2] + self.offset
+        match phase:
             case 0:
-                return Waypoint(_at(o[0], o[1], 0.12), OPEN, tol=0.012, yaw=yaw)
+                return Waypoint(_at(aim[0], aim[1], self.above_z), OPEN, tol=0.012, yaw=yaw)
+            case -1:  # a blocked descent: straight up first, then the grasp again with the object as the aim
+                return Waypoint(_at(self._rise_from[0], self._rise_from[1], self.above_z), OPEN, tol=0.012, yaw=yaw)
             case 1:
-                return Waypoint(_at(o[0], o[1], o[2]), OPEN, tol=0.006, yaw=yaw)
-            case 2:
-                return Waypoint(_at(o[0], o[1], o[2]), CLOSE, steps=3, yaw=yaw)
+                stalled = self._phase_steps >= 2 and self._last_z - s.tcp[2] < self.STALL_DZ
+                if stalled and s.tcp[2] > z + self.BLOCKED_ABOVE:  # a finger on the object or a drawer wall
+                    self.offset, self._rise_from = np.zeros(2), s.tcp[:2].copy()
+                    self.phase, self._phase_steps = -1, 0
+                    return self.waypoint(s)
+                self._last_z = float(s.tcp[2])
+                done = self._phase_steps >= self.DESCENT_STEPS
+                return Waypoint(_at(aim[0], aim[1], z), OPEN, tol=0.006, yaw=yaw, until=done)
+            case 2:  # over the object at grasp height: after a descent beside it, slowly, so the data shows the way
+                return Waypoint(
+                    _at(o[0], o[1], z), OPEN, tol=0.006, yaw=yaw, speed=self.CORRECTION_SPEED if beside else 1.0
+                )
             case 3:
-                return Waypoint(_at(s.tcp[0], s.tcp[1], 0.15), CLOSE, tol=0.012, yaw=s.yaw)
+                return Waypoint(_at(o[0], o[1], z), CLOSE, steps=3, yaw=yaw)
+            case 4:
+                return Waypoint(_at(s.tcp[0], s.tcp[1], self.lift_z), CLOSE, tol=0.012, yaw=s.yaw)
         return None
 
     def act(self, s: SceneState) -> NDArray[np.float64]:
@@ -210,34 +266,22 @@ class GraspFromDrawer(Skill):
             action[4] = CLOSE
         return action
 
+
+class GraspFromDrawer(_Grasp):
+    """Open the gripper above the object in the open bottom drawer, descend, close, and lift it out."""
+
+    name = "grasp_from_drawer"
+    above_z, lift_z = 0.12, 0.15
+
     def succeeded(self, s: SceneState) -> bool:
         return D().success(s)
 
 
-class PickFromTable(Skill):
+class PickFromTable(_Grasp):
     """Align with the object on the table, descend, close, lift."""
 
     name = "pick_from_table"
-
-    def waypoint(self, s: SceneState) -> Waypoint | None:
-        o = s.object_pos
-        yaw = _grasp_yaw(s.object_yaw)
-        match self.phase:
-            case 0:
-                return Waypoint(_at(o[0], o[1], 0.09), OPEN, tol=0.012, yaw=yaw)
-            case 1:
-                return Waypoint(_at(o[0], o[1], P.OBJECT_HALF), OPEN, tol=0.006, yaw=yaw)
-            case 2:
-                return Waypoint(_at(o[0], o[1], P.OBJECT_HALF), CLOSE, steps=3, yaw=yaw)
-            case 3:
-                return Waypoint(_at(s.tcp[0], s.tcp[1], 0.1), CLOSE, tol=0.012, yaw=s.yaw)
-        return None
-
-    def act(self, s: SceneState) -> NDArray[np.float64]:
-        action = super().act(s)
-        if self.done:
-            action[4] = CLOSE
-        return action
+    above_z, grasp_z, lift_z = 0.09, P.OBJECT_HALF, 0.1
 
     def succeeded(self, s: SceneState) -> bool:
         return P().picked(s)
@@ -354,10 +398,16 @@ SKILLS: dict[str, SkillSetting] = {
 """Every scripted skill and chained solution, by name. `random_exploration` runs in either scene."""
 
 
-def make_skill(name: str, rng: np.random.Generator) -> Skill:
-    """Build a skill or chained solution by name (see `SKILLS`)."""
+GRASPS = ("grasp_from_drawer", "pick_from_table")
+"""The skills that take an `approach_error` (see `_Grasp`)."""
+
+
+def make_skill(name: str, rng: np.random.Generator, approach_error: float = 0.0) -> Skill:
+    """Build a skill or chained solution by name (see `SKILLS`); `approach_error` is for the `GRASPS` alone."""
     if name not in SKILLS:
         raise ValueError(f"unknown skill {name!r}; choose one of {sorted(SKILLS)}")
+    if approach_error != 0.0 and name not in GRASPS:
+        raise ValueError(f"approach_error is for the grasps {GRASPS}, not {name!r}")
     setting = SKILLS[name]
     if setting.parts:
         return SkillChain(name, [make_skill(part, rng) for part in setting.parts])
@@ -369,9 +419,9 @@ def make_skill(name: str, rng: np.random.Generator) -> Skill:
         case "remove_blocker":
             return RemoveBlocker()
         case "grasp_from_drawer":
-            return GraspFromDrawer()
+            return GraspFromDrawer(rng, approach_error)
         case "pick_from_table":
-            return PickFromTable()
+            return PickFromTable(rng, approach_error)
         case "place_in_tray":
             return PlaceInTray()
         case "random_exploration":
@@ -431,6 +481,7 @@ def run_skill_episode(
     suboptimal_prob: float = 0.0,
     initial_condition: str | None = None,
     record: bool = False,
+    approach_error: float = 0.0,
 ) -> EpisodeResult:
     """Reset `env` (seeded) to the skill's initial condition and run the skill until the episode ends."""
     setting = SKILLS.get(skill_name)
@@ -438,7 +489,8 @@ def run_skill_episode(
         raise ValueError(f"unknown skill {skill_name!r}; choose one of {sorted(SKILLS)}")
     condition = initial_condition or setting.initial_condition
     rng = np.random.default_rng(seed)
-    policy = ScriptedPolicy(make_skill(skill_name, rng), rng, noise=noise, suboptimal_prob=suboptimal_prob)
+    skill = make_skill(skill_name, rng, approach_error)
+    policy = ScriptedPolicy(skill, rng, noise=noise, suboptimal_prob=suboptimal_prob)
     options: dict[str, Any] = {"initial_condition": condition}
     frames: list[NDArray[np.uint8]] = []
     renders: list[NDArray[np.uint8]] = []

@@ -21,6 +21,7 @@ from robot_rl.cli import main
 from robot_rl.data.episodes import (
     DATA_DIR,
     MAIN_FILE,
+    METADATA_FILE,
     SHARD_DIR,
     DatasetError,
     finished_indices,
@@ -90,7 +91,8 @@ def collected(tmp_path_factory: pytest.TempPathFactory, prior_recipe: Recipe) ->
 def test_every_shipped_recipe_loads() -> None:
     recipes = sorted(RECIPES.glob("*.yaml"))
     names = {load_recipe(path).name for path in recipes}
-    assert len(names) == len(recipes) == 8
+    assert len(names) == len(recipes) == 9  # each task's prior and task data, and the closed drawer's corrective
+    assert {path.stem for path in recipes} == names  # a recipe's file is named after it (experiments find it so)
     kinds = {(load_recipe(p).task, load_recipe(p).kind) for p in recipes}
     for task in ("closed_drawer", "blocked_drawer", "blocked_by_object_drawer", "pick_place"):
         assert {(task, "prior"), (task, "task")} <= kinds
@@ -172,6 +174,24 @@ def test_collecting_a_finished_dataset_again_keeps_it(tmp_path: Path, prior_reci
     assert (data.stat().st_mtime_ns, data.read_bytes()) == before
 
 
+def test_a_dataset_recorded_before_a_mixture_field_existed_is_kept(tmp_path: Path, prior_recipe: Recipe) -> None:
+    """A field added to mixture entries since (approach_error) reads as its default in an older recorded recipe;
+    set to anything else, the recipe differs."""
+    folder = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).folder
+    metadata = folder / DATA_DIR / METADATA_FILE
+    raw = json.loads(metadata.read_text())
+    for entry in raw["robot_rl"]["recipe"]["mixture"]:
+        del entry["approach_error"]
+    metadata.write_text(json.dumps(raw))
+    assert collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).collected_now == 0
+    grasps = tuple(
+        dataclasses.replace(e, approach_error=0.02) if e.skill == "grasp_from_drawer" else e
+        for e in prior_recipe.mixture
+    )
+    with pytest.raises(DatasetError, match=r"another recipe \(it differs in mixture\)"):
+        collect(dataclasses.replace(prior_recipe, mixture=grasps), "smoke", tmp_path, workers=1, progress=False)
+
+
 def test_another_recipe_never_overwrites_or_joins_collected_episodes(tmp_path: Path, prior_recipe: Recipe) -> None:
     folder = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).folder
     data = folder / DATA_DIR / MAIN_FILE
@@ -237,6 +257,30 @@ def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, p
         ({"flavour": "mint"}, "unknown recipe keys"),
         ({"kind": "both"}, "kind must be one of"),
         ({"env_kwargs": {"tcp_floor": 0.015}}, r"may not set \['tcp_floor'\].*robot_rl/Drawer-v1"),
+        (
+            {
+                "mixture": [
+                    {"skill": "open_bottom_drawer", "initial_condition": "closed", "weight": 1, "approach_error": 0.02}
+                ]
+            },
+            "approach_error is for the grasps",
+        ),
+        (
+            {
+                "mixture": [
+                    {"skill": "grasp_from_drawer", "initial_condition": "open", "weight": 1, "approach_error": -0.01}
+                ]
+            },
+            "approach_error must be 0-0.05 m",
+        ),
+        (
+            {
+                "mixture": [
+                    {"skill": "grasp_from_drawer", "initial_condition": "open", "weight": 1, "approach_error": ".nan"}
+                ]
+            },
+            "approach_error must be 0-0.05 m",
+        ),
     ],
 )
 def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path, change: dict[str, object], message: str) -> None:

@@ -172,3 +172,48 @@ def test_a_removed_blocker_stands_where_the_blocker_aside_conditions_put_it(envs
     for skill, condition in aside_starts:
         successes = [run_skill_episode(env, skill, seed=seed, initial_condition=condition).success for seed in SEEDS]
         assert sum(successes) >= 4, (skill, successes)
+
+
+@pytest.mark.parametrize(("scene", "name"), [("drawer", "grasp_from_drawer"), ("pick_place", "pick_from_table")])
+def test_a_grasp_with_an_approach_error_lands_beside_the_object_then_corrects(
+    envs: dict[str, ManipulationEnv], scene: str, name: str
+) -> None:
+    """At grasp height, before closing, the plain grasp stays within ~1 cm of the object in x-y; with an approach
+    error of 2.5 cm it arrives 1.25-2.5 cm beside it (unless a finger lands on something on the way down, and the
+    grasp retries from above the object), moves over it and still succeeds."""
+    env = envs[scene]
+
+    def worst_offset_at_grasp_height(approach_error: float, seed: int) -> tuple[float, float, bool]:
+        """The largest x-y offset at grasp height with the gripper open, the offset where it closes, success."""
+        rng = np.random.default_rng(seed)
+        policy = ScriptedPolicy(make_skill(name, rng, approach_error), rng, noise=0.1)
+        env.reset(seed=seed, options={"initial_condition": SKILLS[name].initial_condition})
+        worst, at_close = 0.0, np.inf
+        for _ in range(env.horizon):
+            s = env.scene_state()
+            offset = float(np.hypot(*(s.tcp[:2] - s.object_pos[:2])))
+            if not s.gripper_closed and s.tcp[2] - s.object_pos[2] < 0.01:
+                worst = max(worst, offset)
+            action = policy(s)
+            if action[4] > 0 and at_close == np.inf:
+                at_close = offset
+            env.step(action)
+        return worst, at_close, bool(policy.skill.succeeded(env.scene_state()))
+
+    plain = [worst_offset_at_grasp_height(0.0, seed) for seed in SEEDS]
+    beside = [worst_offset_at_grasp_height(0.025, seed) for seed in SEEDS]
+    assert max(worst for worst, _, _ in plain) < 0.011
+    assert sum(worst > 0.011 for worst, _, _ in beside) >= 3, beside
+    assert max(at_close for _, at_close, _ in beside) < 0.008, beside  # moved over the object before closing
+    assert sum(ok for *_, ok in plain) >= 4 and sum(ok for *_, ok in beside) >= 4
+
+
+def test_approach_error_is_refused_outside_the_grasps() -> None:
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="approach_error is for the grasps"):
+        make_skill("open_bottom_drawer", rng, 0.02)
+    with pytest.raises(ValueError, match="approach_error is for the grasps"):
+        make_skill("open_then_grasp", rng, 0.02)  # a chain: its grasp would aim beside, the rest not
+    for bad in (-0.01, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="approach_error must be a finite distance"):
+            make_skill("grasp_from_drawer", rng, bad)
