@@ -150,10 +150,8 @@ def check_recipe(recipe: Recipe, where: str) -> None:
             raise DatasetError(f"{where}: mixture[{i}]: need weight > 0 and 0 <= suboptimal_prob <= 1")
         error = entry.approach_error
         if isinstance(error, bool) or not isinstance(error, (int, float)) or not 0 <= error <= MAX_APPROACH_ERROR:
-            raise DatasetError(
-                f"{where}: mixture[{i}]: approach_error must be 0-{MAX_APPROACH_ERROR} m, got {entry.approach_error}"
-            )
-        if entry.approach_error > 0 and entry.skill not in GRASPS:
+            raise DatasetError(f"{where}: mixture[{i}]: approach_error must be 0-{MAX_APPROACH_ERROR} m, got {error!r}")
+        if error > 0 and entry.skill not in GRASPS:
             raise DatasetError(f"{where}: mixture[{i}]: approach_error is for the grasps {GRASPS}, not {entry.skill!r}")
     missing = [scale for scale in SCALES if scale not in recipe.episodes]
     if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
