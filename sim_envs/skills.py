@@ -232,16 +232,15 @@ class _Grasp(Skill):
         z = float(o[2]) if self.grasp_z is None else self.grasp_z
         yaw = _grasp_yaw(s.object_yaw)
         beside = self.approach_error > 0
-        # Phases: above the aim point, descend there (only with an approach error: the aim is the object otherwise),
-        # move to the object at grasp height, close, lift.
-        phase = self.phase if beside or self.phase == 0 else self.phase + 1
+        # Phases: above the aim point, descend there, move over the object at grasp height, close, lift. Without an
+        # approach error the aim is the object: the descent ends over it and the move is already done.
         aim = o[:2] + self.offset
-        match phase:
+        match self.phase:
             case 0:
                 return Waypoint(_at(aim[0], aim[1], self.above_z), OPEN, tol=0.012, yaw=yaw)
             case -1:  # a blocked descent: straight up first, then the grasp again with the object as the aim
                 return Waypoint(_at(self._rise_from[0], self._rise_from[1], self.above_z), OPEN, tol=0.012, yaw=yaw)
-            case 1:
+            case 1 if beside:
                 stalled = self._phase_steps >= 2 and self._last_z - s.tcp[2] < self.STALL_DZ
                 if stalled and s.tcp[2] > z + self.BLOCKED_ABOVE:  # a finger on the object or a drawer wall
                     self.offset, self._rise_from = np.zeros(2), s.tcp[:2].copy()
@@ -250,6 +249,8 @@ class _Grasp(Skill):
                 self._last_z = float(s.tcp[2])
                 done = self._phase_steps >= self.DESCENT_STEPS
                 return Waypoint(_at(aim[0], aim[1], z), OPEN, tol=0.006, yaw=yaw, until=done)
+            case 1:
+                return Waypoint(_at(o[0], o[1], z), OPEN, tol=0.006, yaw=yaw)
             case 2:  # over the object at grasp height: after a descent beside it, slowly, so the data shows the way
                 return Waypoint(
                     _at(o[0], o[1], z), OPEN, tol=0.006, yaw=yaw, speed=self.CORRECTION_SPEED if beside else 1.0
