@@ -1,0 +1,116 @@
+"""What a COG/CQL run's critic thinks along its own policy's rollouts: Q of the action taken against alternatives.
+
+Steps a run's deployed actor (from `checkpoints/latest`, the learner the run would resume) on the evaluation seeds
+(1,000,000 + i) of a drawer task and prints, per step, the TCP's offset from the object (mm), the gripper command,
+and the critic's Q (min over its members, as in the TD target) of
+
+- the policy's action,
+- the same action with the gripper command set to close (+1) and to open (-1),
+- the same action with the x-y command aimed straight at the object (as far as one step reaches).
+
+A policy that hovers beside the object with the gripper open, while its critic scores that state as a few steps from
+success and ranks the alternatives within its own TD error, fails because its critic cannot tell the actions apart
+there, not because the actor cannot reach the critic's choice. Each episode ends with one summary line. Torch runs
+on one thread, as the evaluation workers do.
+
+    python experiments/critic_probe.py RUN [--episodes 0 1 2] [--initial-condition closed] [--every 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import sim_envs  # noqa: F401  (registers the environments)
+from robot_rl.algos.cql import CQL
+from robot_rl.checkpoints import load_learner
+from robot_rl.train import offline
+from robot_rl.train.finetune import policy_state, run_config
+from robot_rl.train.offline import TrainingError
+from sim_envs.env import ACTION_SCALES, ManipulationEnv
+
+EVAL_SEED = 1_000_000
+"""Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
+
+
+def load_agent(run: Path) -> tuple[CQL, str]:
+    """The run's learner at its latest checkpoint and the environment id it trained for."""
+    cfg = run_config(run)  # refuses folders that are not CQL-family runs with a checkpoint
+    if cfg.observation != "state":
+        raise TrainingError(f"{run}: an {cfg.observation!r} run; the probe reads state-mode critics")
+    task, _ = offline._load(cfg)
+    agent = offline.make_agent(cfg, task, torch.device("cpu"))
+    if not isinstance(agent, CQL):  # unreachable after run_config's check
+        raise TrainingError(f"{run}: not a CQL agent")
+    load_learner(run / "checkpoints" / "latest", agent)
+    return agent, task.info.env_id
+
+
+def alternatives(action: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """(4, A): the action; gripper close; gripper open; x-y aimed at the object (offset: TCP - object, metres)."""
+    close, opened, aimed = action.copy(), action.copy(), action.copy()
+    close[-1], opened[-1] = 1.0, -1.0
+    aimed[:2] = np.clip(-offset[:2] / np.array(ACTION_SCALES[:2]), -1.0, 1.0)
+    return np.stack([action, close, opened, aimed]).astype(np.float32)
+
+
+def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: int) -> None:
+    obs, _ = env.reset(seed=seed, options={"initial_condition": condition})
+    scene_env: Any = env.unwrapped
+    actor = agent.deployed_actor
+    outcome, held_any = "time out", False
+    print(f"episode seed {seed} from {condition}:")
+    print("  step  TCP-object mm (x, y, z)  grip  gap mm   Q(pi)  Q(close)  Q(open)  Q(aim xy)  held")
+    for t in range(scene_env.horizon):
+        state = torch.as_tensor(policy_state(obs))[None]
+        before = scene_env.scene_state()
+        offset = before.tcp - before.object_pos
+        with torch.inference_mode():
+            action = actor.deterministic(actor.encode(None, state)).numpy()[0]
+            candidates = torch.as_tensor(alternatives(action, offset))[None]  # (1, 4, A)
+            q = agent.q.q(agent.q.encode(None, state), candidates).min(0).values[0].numpy()  # (4,)
+        obs, _, terminated, truncated, info = env.step(action)
+        after = scene_env.scene_state()
+        held_any = held_any or after.object_held
+        if t % every == 0 or info.get("success") or terminated or truncated:
+            mm = np.round(1000 * offset).astype(int)
+            print(f"  {t:4d}  {mm[0]:6d} {mm[1]:6d} {mm[2]:6d}       {action[-1]:+.2f}  {1000 * before.finger_gap:5.1f}"
+                  f"  {q[0]:6.1f}  {q[1]:8.1f}  {q[2]:7.1f}  {q[3]:9.1f}  {after.object_held}")  # fmt: skip
+        if info.get("success"):
+            outcome = "success"
+            break
+        if terminated or truncated:
+            break
+    print(f"  -> {outcome}{'' if outcome == 'success' or not held_any else ' (held the object at some step)'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="an offline COG/CQL run folder (state observations)")
+    parser.add_argument("--episodes", type=int, nargs="+", default=[0], help="evaluation episode indices")
+    parser.add_argument("--initial-condition", default="closed")
+    parser.add_argument("--every", type=int, default=1, help="print every k-th step (and the last)")
+    args = parser.parse_args()
+    if args.every < 1 or min(args.episodes) < 0:
+        parser.error("--every must be >= 1 and --episodes non-negative")
+    conditions = ManipulationEnv.conditions_of("drawer")
+    if args.initial_condition not in conditions:
+        parser.error(f"--initial-condition {args.initial_condition!r} is not one of {conditions}")
+    torch.set_num_threads(1)
+    try:
+        agent, env_id = load_agent(args.run)
+    except (TrainingError, OSError, ValueError) as error:
+        parser.error(str(error) if str(args.run) in str(error) else f"{args.run}: {error}")
+    env = gym.make(env_id, privileged_state=True, include_image=False)
+    for i in args.episodes:
+        probe(agent, env, EVAL_SEED + i, args.initial_condition, args.every)
+    env.close()
+
+
+if __name__ == "__main__":
+    main()
