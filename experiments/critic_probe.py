@@ -1,8 +1,8 @@
 """What a COG/CQL run's critic thinks along its own policy's rollouts: Q of the action taken against alternatives.
 
 Steps a run's deployed actor (from `checkpoints/latest`, the learner the run would resume) on the evaluation seeds
-(1,000,000 + i) of a drawer task and prints, per step, the TCP's offset from the object (mm), the gripper command,
-and the critic's Q (min over its members, as in the TD target) of
+(1,000,000 + i) from the initial condition the run evaluates from, and prints, per step, the TCP's offset from the
+object (mm), the gripper command, and the critic's Q (min over its members, as in the TD target) of
 
 - the policy's action,
 - the same action with the gripper command set to close (+1) and to open (-1),
@@ -13,7 +13,7 @@ success and ranks the alternatives within its own TD error, fails because its cr
 there, not because the actor cannot reach the critic's choice. Each episode ends with one summary line. Torch runs
 on one thread, as the evaluation workers do.
 
-    python experiments/critic_probe.py RUN [--episodes 0 1 2] [--initial-condition closed] [--every 1]
+    python experiments/critic_probe.py RUN [--episodes 0 1 2] [--initial-condition NAME] [--every 1]
 """
 
 from __future__ import annotations
@@ -28,27 +28,23 @@ import torch
 
 import sim_envs  # noqa: F401  (registers the environments)
 from robot_rl.algos.cql import CQL
-from robot_rl.checkpoints import load_learner
-from robot_rl.train import offline
-from robot_rl.train.finetune import policy_state, run_config
-from robot_rl.train.offline import TrainingError
-from sim_envs.env import ACTION_SCALES, ManipulationEnv
+from robot_rl.data.episodes import DatasetInfo
+from robot_rl.train.finetune import load_agents, policy_state, run_config
+from robot_rl.train.offline import EVAL_CONDITION, TrainingError
+from sim_envs.env import ACTION_SCALES
 
 EVAL_SEED = 1_000_000
 """Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
 
 
-def load_agent(run: Path) -> tuple[CQL, str]:
-    """The run's learner at its latest checkpoint and the environment id it trained for."""
+def load_agent(run: Path) -> tuple[CQL, DatasetInfo, str]:
+    """The run's learner at its latest checkpoint, its task data's info, and the initial condition it evaluates from."""
     cfg = run_config(run)  # refuses folders that are not CQL-family runs with a checkpoint
     if cfg.observation != "state":
         raise TrainingError(f"{run}: an {cfg.observation!r} run; the probe reads state-mode critics")
-    task, _ = offline._load(cfg)
-    agent = offline.make_agent(cfg, task, torch.device("cpu"))
-    if not isinstance(agent, CQL):  # unreachable after run_config's check
-        raise TrainingError(f"{run}: not a CQL agent")
-    load_learner(run / "checkpoints" / "latest", agent)
-    return agent, task.info.env_id
+    (agent,), data = load_agents([run], [cfg], torch.device("cpu"))
+    condition = cfg.eval_condition or EVAL_CONDITION.get(str(data.info.recipe.get("task")), "closed")
+    return agent, data.info, condition
 
 
 def alternatives(action: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -93,22 +89,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", type=Path, help="an offline COG/CQL run folder (state observations)")
     parser.add_argument("--episodes", type=int, nargs="+", default=[0], help="evaluation episode indices")
-    parser.add_argument("--initial-condition", default="closed")
+    parser.add_argument("--initial-condition", help="default: the one the run evaluates from")
     parser.add_argument("--every", type=int, default=1, help="print every k-th step (and the last)")
     args = parser.parse_args()
     if args.every < 1 or min(args.episodes) < 0:
         parser.error("--every must be >= 1 and --episodes non-negative")
-    conditions = ManipulationEnv.conditions_of("drawer")
-    if args.initial_condition not in conditions:
-        parser.error(f"--initial-condition {args.initial_condition!r} is not one of {conditions}")
     torch.set_num_threads(1)
     try:
-        agent, env_id = load_agent(args.run)
+        agent, info, condition = load_agent(args.run)
     except (TrainingError, OSError, ValueError) as error:
         parser.error(str(error) if str(args.run) in str(error) else f"{args.run}: {error}")
-    env = gym.make(env_id, privileged_state=True, include_image=False)
+    condition = args.initial_condition or condition
+    env = gym.make(info.env_id, privileged_state=True, include_image=False)
+    conditions: tuple[str, ...] = env.unwrapped.scene.initial_conditions  # type: ignore[attr-defined]
+    if condition not in conditions:
+        parser.error(f"--initial-condition {condition!r} is not one of {info.env_id}'s {conditions}")
     for i in args.episodes:
-        probe(agent, env, EVAL_SEED + i, args.initial_condition, args.every)
+        probe(agent, env, EVAL_SEED + i, condition, args.every)
     env.close()
 
 
