@@ -30,7 +30,7 @@ import sim_envs  # noqa: F401  (registers the environments)
 from robot_rl.algos.cql import CQL
 from robot_rl.data.episodes import DatasetInfo
 from robot_rl.train.finetune import load_agents, policy_state, run_config
-from robot_rl.train.offline import EVAL_CONDITION, TrainingError
+from robot_rl.train.offline import TrainingError, eval_condition
 from sim_envs.env import ACTION_SCALES
 
 EVAL_SEED = 1_000_000
@@ -43,7 +43,7 @@ def load_agent(run: Path) -> tuple[CQL, DatasetInfo, str]:
     if cfg.observation != "state":
         raise TrainingError(f"{run}: an {cfg.observation!r} run; the probe reads state-mode critics")
     (agent,), data = load_agents([run], [cfg], torch.device("cpu"))
-    condition = cfg.eval_condition or EVAL_CONDITION.get(str(data.info.recipe.get("task")), "closed")
+    condition = eval_condition(cfg.eval_condition, data.info.recipe.get("task"))
     return agent, data.info, condition
 
 

@@ -6,7 +6,9 @@ evaluation seeds (1,000,000 + i):
 
 - success;
 - never closed at the object: the gripper never closed with the TCP within 25 mm of the object in x-y and less than
-  15 mm above its centre (includes episodes that never opened the drawer);
+  15 mm above its centre, split by what the bottom drawer did: never opened (never past the scene's open threshold,
+  0.11 m); opened, then pushed back in (it ends more than 1 cm in from the furthest it was opened: the arm pushed it,
+  and the object moved back under the cabinet with it); or opened and left open;
 - fingers stalled open: after closing at the object the opening stays above 45 mm and moves by less than 3 mm
   (the fingers jam, e.g. on the drawer floor while the arm keeps pressing down);
 - closed beside the object: the fingers close to under 20 mm without holding it;
@@ -51,12 +53,25 @@ def finger_press(scene_env: Any) -> float:
     )
 
 
+PUSHED_BACK = 0.01
+"""A drawer that ends more than this (m) in from the furthest it was opened was pushed back in."""
+
+
+def never_closed(scene_env: Any, drawer: list[float]) -> str:
+    """The class of an episode that never closed the gripper at the object, by its bottom drawer's openings."""
+    if max(drawer) < scene_env.scene.OPEN_THRESHOLD:
+        return "never closed at the object: drawer never opened"
+    if drawer[-1] < max(drawer) - PUSHED_BACK:
+        return "never closed at the object: drawer opened, pushed back in"
+    return "never closed at the object: drawer left open"
+
+
 def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float, float]:
     """One episode: (its class, mean z command over the 3 steps after closing at the object, TCP z - object z there,
     the largest finger-on-cabinet force from then to the end)."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})  # as `robot-rl eval` resets
     scene_env: Any = env.unwrapped  # the ManipulationEnv under gymnasium's wrappers
-    gaps, closed_near, held, dz, rel_z, press_n = [], [], [], [], [], []
+    gaps, closed_near, held, dz, rel_z, press_n, drawer = [], [], [], [], [], [], []
     success = False
     for _ in range(scene_env.horizon):
         action = policy.act(obs)
@@ -70,11 +85,12 @@ def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) 
         dz.append(float(action[2]))
         rel_z.append(float(offset[2]))
         press_n.append(finger_press(scene_env))
+        drawer.append(s.bottom_drawer)
         success = success or bool(info.get("success", False))
         if success or terminated or truncated:  # as the evaluations, which end an episode at its success
             break
     if not any(closed_near):
-        return ("success" if success else "never closed at the object"), float("nan"), float("nan"), float("nan")
+        return ("success" if success else never_closed(scene_env, drawer)), float("nan"), float("nan"), float("nan")
     k = closed_near.index(True)
     press, height, force = float(np.mean(dz[k : k + 3])), rel_z[k], max(press_n[k:])
     after = np.array(gaps[k + 3 : k + 8])
@@ -118,7 +134,7 @@ def main() -> None:
         counts = collections.Counter(kind for kind, *_ in results)
         print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
         for kind, count in counts.most_common():
-            line = f"  {kind:<42} {count:3d}"
+            line = f"  {kind:<58} {count:3d}"
             if kind in ("success", "fingers stalled open"):
                 press = np.nanmean([p for k, p, _, _ in results if k == kind])
                 height = np.nanmean([h for k, _, h, _ in results if k == kind])

@@ -89,7 +89,7 @@ class DemoConfig:
 def demo(cfg: DemoConfig) -> Path:
     from robot_rl.experiment import ensure_datasets, load_experiment, run_experiment
     from robot_rl.report import find_runs, summarise, write_report
-    from robot_rl.train.offline import EVAL_CONDITION
+    from robot_rl.train.offline import eval_condition
 
     path = cfg.experiment or Path("experiments") / ("demo-image.yaml" if cfg.image else "demo.yaml")
     if not path.exists():
@@ -104,7 +104,7 @@ def demo(cfg: DemoConfig) -> Path:
     for task, methods in summary.items():
         for method, row in methods.items():
             runs = [c for c in exp.cells if c.task == task and c.method == method]
-            condition = runs[0].config.eval_condition or EVAL_CONDITION.get(task, "the task's hard start")
+            condition = eval_condition(runs[0].config.eval_condition, task, "the task's hard start")
             print(
                 f"{method:>8} on {task}: success {row['success_mean']:.2f} from {condition} "
                 f"(ever {row['ever_mean']:.2f}; {','.join(map(str, row['episodes']))} episodes per seed)"

@@ -384,3 +384,18 @@ def test_extending_a_finished_run_gives_the_longer_run(datasets: dict[str, Path]
         assert extended[step] == pytest.approx(expected[step], rel=1e-5), step
     recorded = json.loads((short / "run.json").read_text())["config"]
     assert recorded["steps"] == 20 and recorded["extend_to"] is None
+
+
+def test_eval_condition_is_the_configured_one_else_the_tasks_hard_start() -> None:
+    from sim_envs.env import ManipulationEnv
+
+    assert offline.eval_condition("open", "closed_drawer") == "open"
+    assert offline.eval_condition(None, "pick_place") == "on_table"
+    assert offline.eval_condition(None, "blocked_drawer") == "blocked"
+    assert offline.eval_condition(None, "a task of my own", "unknown") == "unknown"
+    for task, condition in offline.EVAL_CONDITION.items():  # each hard start exists in the task's scene
+        assert condition in ManipulationEnv.conditions_of("pick_place" if task == "pick_place" else "drawer"), task
+    recipes = sorted((Path(__file__).parents[1] / "datasets" / "recipes").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:  # and every recipe's task has one
+        assert load_recipe(recipe).task in offline.EVAL_CONDITION, recipe.name

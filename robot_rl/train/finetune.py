@@ -589,7 +589,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
                 f"{checkpoint}: {counters['online_steps']} online steps recorded, {len(online)} transitions saved"
             )
 
-    condition = cfg.initial_condition or offline.EVAL_CONDITION.get(str(info.recipe.get("task")), "closed")
+    condition = offline.eval_condition(cfg.initial_condition, info.recipe.get("task"))
     env_kwargs: dict[str, Any] = {**info.env_kwargs, "include_image": image, "privileged_state": not image}
     if cfg.max_episode_steps is not None:
         env_kwargs["max_episode_steps"] = cfg.max_episode_steps

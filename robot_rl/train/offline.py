@@ -50,6 +50,12 @@ EVAL_CONDITION = {
 """Each COG task's hard initial condition, which no task trajectory starts from."""
 
 
+def eval_condition(configured: str | None, task: object, unknown: str = "closed") -> str:
+    """The initial condition a run evaluates from: the configured one, else its task's hard start (`EVAL_CONDITION`,
+    keyed by the task data's recipe `task`), else `unknown`."""
+    return configured or EVAL_CONDITION.get(str(task), unknown)
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (bad data, a diverged loss); the message says where the last good checkpoint is."""
 
@@ -283,7 +289,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
     if resume is not None:
         extra = load_learner(checkpoint, agent)
         rng, generator, start = extra["rng"], extra["augment_generator"], int(extra["step"])
-    condition = cfg.eval_condition or EVAL_CONDITION.get(str(task.info.recipe.get("task")), "closed")
+    condition = eval_condition(cfg.eval_condition, task.info.recipe.get("task"))
     eval_cfg = EvalConfig(
         env_id=task.info.env_id,
         env_kwargs=dict(task.info.env_kwargs),
