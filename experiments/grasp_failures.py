@@ -8,7 +8,7 @@ evaluation seeds (1,000,000 + i):
 - never closed at the object: the gripper never closed with the TCP within 25 mm of the object in x-y and less than
   15 mm above its centre, split by what the bottom drawer did: never opened (never past the scene's open threshold,
   0.11 m); opened, then pushed back in (it ends more than 1 cm in from the furthest it was opened: the arm pushed it,
-  and the object moved back under the cabinet with it); or opened and left open;
+  and the object moved back in with it); or opened and left open;
 - fingers stalled open: after closing at the object the opening stays above 45 mm and moves by less than 3 mm
   (the fingers jam, e.g. on the drawer floor while the arm keeps pressing down);
 - closed beside the object: the fingers close to under 20 mm without holding it;
