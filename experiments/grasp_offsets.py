@@ -56,8 +56,9 @@ def main() -> None:
         except (DatasetError, KeyError) as error:  # KeyError: no privileged state recorded
             parser.error(f"{folder}: cannot read its grasps: {error!r}")
         offsets, low = np.array([1000 * o for o, _ in found]), 1000 * np.array(low_open)
-        lifted = np.array([ok for _, ok in found])
-        print(f"{folder}: {episodes} episodes, {len(found)} close at the object, {lifted.mean():.2f} of them lift it")
+        lifted = np.array([ok for _, ok in found], dtype=bool)
+        share = f"{lifted.mean():.2f}" if len(found) else "none"
+        print(f"{folder}: {episodes} episodes, {len(found)} close at the object, {share} of them lift it")
         for lo, hi in itertools.pairwise(BINS_MM):
             inside = (offsets >= lo) & (offsets < hi)
             rate = f"{lifted[inside].mean():.2f}" if inside.any() else "-"

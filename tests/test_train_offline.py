@@ -21,6 +21,7 @@ from robot_rl.train import offline
 from robot_rl.train.logger import read_metrics
 from robot_rl.train.offline import OfflineConfig, TrainingError, make_agent, train_offline
 from sim_envs.collect import SCALES, collect, load_recipe
+from sim_envs.env import ManipulationEnv
 
 RECIPES = Path(__file__).resolve().parents[1] / "datasets" / "recipes"
 TINY_NET = {"hidden": (32, 32), "conv": ConvConfig(channels=(4, 4, 4))}
@@ -387,8 +388,6 @@ def test_extending_a_finished_run_gives_the_longer_run(datasets: dict[str, Path]
 
 
 def test_eval_condition_is_the_configured_one_else_the_tasks_hard_start() -> None:
-    from sim_envs.env import ManipulationEnv
-
     assert offline.eval_condition("open", "closed_drawer") == "open"
     assert offline.eval_condition(None, "pick_place") == "on_table"
     assert offline.eval_condition(None, "blocked_drawer") == "blocked"
