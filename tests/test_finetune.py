@@ -257,6 +257,8 @@ def test_fine_tuning_keeps_the_members_reward_definition(
     run = finetune(config(tuple(shaped), tmp_path / "ft"))
     recorded = json.loads((run / "run.json").read_text())["config"]
     assert recorded["reward_scale"] == 100.0 and recorded["success_terminal"] is True
+    members_discount = json.loads((shaped[0] / "run.json").read_text())["config"]["cql"]["discount"]
+    assert recorded["agent"]["discount"] == members_discount  # recorded resolved (None before joining)
     rewards = torch.cat([r for r, _ in seen])
     terminated = torch.cat([t for _, t in seen]).bool()
     assert set(rewards.unique().tolist()) == {0.0, 100.0}
@@ -367,6 +369,48 @@ def test_each_agent_bootstraps_from_its_own_twin_min_at_one_shared_action() -> N
             expected = expected + (q_data[2 * i] - y).pow(2).mean() + (q_data[2 * i + 1] - y).pow(2).mean()
     torch.testing.assert_close(loss.detach(), expected)
     torch.testing.assert_close(agent_min_q(next_q, 3, 2)[1], torch.minimum(next_q[2], next_q[3]))
+
+
+def test_the_ensemble_bootstraps_with_the_members_discount_unless_told_otherwise() -> None:
+    """Critics trained with gamma 0.95 keep it online (0.99 would raise every value at once); members that disagree
+    are refused by name; a discount in the config overrides."""
+    torch.manual_seed(0)
+    members = [CQL(CQLConfig(hidden=(8,), discount=0.95), None, 3, 2) for _ in range(2)]
+    assert PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig()).cfg.discount == 0.95
+    assert PessimisticEnsemble.from_cql_agents(members, PessimisticEnsembleConfig(discount=0.9)).cfg.discount == 0.9
+    mixed = [members[0], CQL(CQLConfig(hidden=(8,), discount=0.99), None, 3, 2)]
+    with pytest.raises(ValueError, match=r"different discounts \[0.95, 0.99\]"):
+        PessimisticEnsemble.from_cql_agents(mixed, PessimisticEnsembleConfig())
+    agent = PessimisticEnsemble.from_cql_agents(
+        members, PessimisticEnsembleConfig(init_alpha=0.3, backup="deterministic")
+    )
+    b = 4
+    rng = np.random.default_rng(0)
+    batch = to_torch(
+        Batch(
+            Observation(None, rng.standard_normal((b, 3)).astype(np.float32), None),
+            rng.uniform(-0.9, 0.9, (b, 2)).astype(np.float32),
+            np.array([0, 1, 0, 0], np.float32),
+            Observation(None, rng.standard_normal((b, 3)).astype(np.float32), None),
+            np.zeros(b, bool),
+            np.zeros(b, bool),
+        ),
+        torch.device("cpu"),
+    )
+    features = agent.actor.encode(None, batch.obs.state)
+    torch.manual_seed(5)
+    loss, _, _ = ensemble_critic_loss(agent.q, agent.q_target, agent.actor, features, batch, agent.log_alpha.exp(), 2,
+                                      agent.cfg)  # fmt: skip
+    torch.manual_seed(5)
+    with torch.no_grad():
+        next_action, _ = agent.actor.sample_moment_matched(agent.actor.encode(None, batch.next_obs.state))
+        next_q = agent.q_target(None, batch.next_obs.state, next_action[:, 0])  # (4, B): 2 agents x 2 critics
+        q_data = agent.q(None, batch.obs.state, batch.action)
+        expected = torch.tensor(0.0)
+        for i in range(2):
+            y = batch.reward + 0.95 * torch.minimum(next_q[2 * i], next_q[2 * i + 1])
+            expected = expected + (q_data[2 * i] - y).pow(2).mean() + (q_data[2 * i + 1] - y).pow(2).mean()
+    torch.testing.assert_close(loss.detach(), expected)
 
 
 def test_bf16_autocast_updates_the_ensemble_like_fp32_and_keeps_fp32_parameters(

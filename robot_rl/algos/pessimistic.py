@@ -26,6 +26,7 @@ one Gaussian returns that Gaussian, and Q^E is its twin-min.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ from robot_rl.networks import QEnsemble
 class PessimisticEnsembleConfig:
     """SAC fine-tuning of the joined ensemble. Defaults follow the authors' code (`examples/ours.py`) unless noted."""
 
-    discount: float = 0.99
-    """gamma."""
+    discount: float | None = None
+    """gamma; None: the members' own (`CQLConfig.discount`), which must agree. The critics' values are sums
+    discounted by the gamma they were trained with; fine-tuning with another one moves every Q-value at once."""
     tau: float = 0.005
     """Polyak rate of the target critics (every update)."""
     actor_lr: float = 3e-4
@@ -74,7 +76,7 @@ class PessimisticEnsembleConfig:
     """Importance weights 1/density in the log-sum-exp (see `CQLConfig.importance_sampling`)."""
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.discount < 1.0 or not 0.0 < self.tau <= 1.0:
+        if (self.discount is not None and not 0.0 <= self.discount < 1.0) or not 0.0 < self.tau <= 1.0:
             raise ValueError(f"need 0 <= discount < 1 and 0 < tau <= 1, got {self.discount}, {self.tau}")
         if min(self.actor_lr, self.critic_lr, self.alpha_lr) <= 0:
             raise ValueError("learning rates must be > 0")
@@ -106,6 +108,7 @@ def ensemble_critic_loss(
         next_v = agent_min_q(next_q, agents, critics).squeeze(-1)  # (N, B): each agent's own twin-min
         if cfg.backup == "entropy":
             next_v = next_v - alpha * next_log_prob.squeeze(-1)  # (N, B)
+        assert cfg.discount is not None  # PessimisticEnsemble refuses a config without one
         discount = cfg.discount if batch.discount is None else batch.discount  # gamma, or gamma^m (n-step)
         target = batch.reward + discount * (1.0 - batch.terminated) * next_v  # (N, B)
         if cfg.target_range is not None:
@@ -170,7 +173,10 @@ class PessimisticEnsemble:
         q_target: QEnsemble,
         init_alpha: float,
     ) -> None:
-        """`actor` has N members, `q` and `q_target` N * M members in `stack_critics`' agent-major layout."""
+        """`actor` has N members, `q` and `q_target` N * M members in `stack_critics`' agent-major layout; `cfg` has
+        its discount set (`from_cql_agents` takes the members' where it is None)."""
+        if cfg.discount is None:
+            raise ValueError("the ensemble needs a discount; from_cql_agents takes the members' own")
         if q.members % actor.members or q.members != q_target.members:
             raise ValueError(
                 f"{actor.members} agents need critics in multiples of {actor.members}, got {q.members} critics "
@@ -201,6 +207,12 @@ class PessimisticEnsemble:
         critics = {agent.cfg.critics for agent in agents}
         if len(critics) != 1:
             raise ValueError(f"the agents have different numbers of critics {sorted(critics)}")
+        if cfg.discount is None:
+            discounts = {agent.cfg.discount for agent in agents}
+            if len(discounts) != 1:
+                raise ValueError(f"the agents were trained with different discounts {sorted(discounts)}; "
+                                 "set the fine-tuning's discount to choose one")  # fmt: skip
+            cfg = dataclasses.replace(cfg, discount=discounts.pop())
         actor = EnsembleActor.from_members([agent.deployed_actor for agent in agents])
         q = stack_critics([agent.q for agent in agents])
         q_target = stack_critics([agent.q_target for agent in agents])  # new modules: the agents are not shared

@@ -553,6 +553,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     except ValueError as e:
         raise TrainingError(f"the runs cannot be joined into one ensemble: {e}") from e
     del members
+    cfg = dataclasses.replace(cfg, agent=agent.cfg)  # recorded resolved (the members' discount where not given)
     agent.autocast_dtype = offline.autocast_dtype(cfg.precision, device)
     run = resume if resume is not None else new_run_dir(cfg.out, "finetune")
     write_run_record(run, "finetune", cfg)
