@@ -1,4 +1,4 @@
-"""Why a drawer policy's episodes fail at the grasp: steps a deployed policy and sorts each episode by what happened.
+"""Why a drawer or pick-place policy's episodes fail: steps a deployed policy and sorts each episode by what happened.
 
 `robot-rl eval` reports which milestone a failed episode never reached (drawer opened, object held, success) and
 which it reached and then lost. This script looks inside the grasp, from the privileged scene state, on the same
@@ -16,19 +16,36 @@ evaluation seeds (1,000,000 + i):
 - held at the end, not lifted out in time;
 - other.
 
+A pick-place policy (`robot_rl/PickPlace-v0`, from `on_table` by default) is sorted by the pick and the place instead:
+
+- success;
+- never held, closed beside it: the gripper closed with the TCP within 25 mm of the object in x-y and less than
+  15 mm above its centre, and never held it;
+- never held, closed away from it: the gripper closed, never that near (the x-y distance at the first close is
+  printed);
+- never closed: hovered at it (the TCP came that near, open), or never came near it;
+- held, never lifted above the pick height (6 cm) by the end (too slow, or dropped on the way up);
+- picked, then dropped outside the tray;
+- picked, still held at the end (out of time), with the object over the tray or not;
+- let go over the tray, not resting inside it (on a wall, bounced out): "released at the tray".
+
+and prints the step of the pick (mean over the episodes that picked, successes and failures apart): with 40 steps
+for the whole task, a slow pick leaves the place too little time.
+
 For the successes and the stalls it prints the mean z command over the three steps after the grasp closes, the
 TCP's height relative to the object's centre at that step, and the range over episodes of the largest normal force
 a fingertip takes from the cabinet (the drawer floor) from then on (pybullet's contact points). Torch runs on one
 thread, as in the evaluation workers: the thread count changes the actions' rounding, and that alone flips a few of
 50 episodes' outcomes.
 
-    python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition closed] [--episodes 50] [--env-id ID]
+    python experiments/grasp_failures.py RUN [RUN ...] [--initial-condition COND] [--episodes 50] [--env-id ID]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +57,7 @@ import sim_envs  # noqa: F401  (registers the environments)
 from robot_rl.policy import Policy
 from sim_envs.env import ManipulationEnv
 
+ENV_IDS = ("robot_rl/Drawer-v0", "robot_rl/Drawer-v1", "robot_rl/PickPlace-v0")
 EVAL_SEED = 1_000_000
 """Evaluation seeds are EVAL_SEED + i, as in the trainer's evaluations."""
 
@@ -107,18 +125,81 @@ def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) 
     return kind, press, height, force
 
 
+PICK_CONDITION = "on_table"
+
+
+def classify_pick_place(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float]:
+    """One pick-place episode: (its class, the step at which the object was first picked, the TCP's x-y distance
+    from the object when the gripper first closed; nan where it never did)."""
+    obs, info = env.reset(seed=seed, options={"initial_condition": condition})
+    scene_env: Any = env.unwrapped
+    scene = scene_env.scene
+    closed_near, reached, held, picked, in_tray_xy, closed_at = [], [], [], [], [], []
+    success = False
+    for _ in range(scene_env.horizon):
+        obs, _, terminated, truncated, info = env.step(policy.act(obs))
+        s = scene_env.scene_state()
+        offset = s.tcp - s.object_pos
+        near = bool(np.hypot(offset[0], offset[1]) < 0.025 and offset[2] < 0.015)
+        reached.append(near)
+        closed_near.append(s.gripper_closed and near)
+        closed_at.append(float(np.hypot(offset[0], offset[1])) if s.gripper_closed else math.nan)
+        held.append(s.object_held)
+        picked.append(scene.picked(s))
+        in_tray_xy.append(bool(np.all(np.abs(s.object_pos[:2] - s.tray_pos[:2]) < scene.TRAY_INNER_HALF)))
+        success = success or bool(info.get("success", False))
+        if success or terminated or truncated:
+            break
+    pick_step = float(picked.index(True) + 1) if any(picked) else math.nan
+    first_close = next((d for d in closed_at if math.isfinite(d)), math.nan)
+    if success:
+        kind = "success"
+    elif not any(picked):
+        if any(held):
+            kind = "held, never lifted to the pick height"
+        elif any(closed_near):
+            kind = "never held, closed beside it"
+        elif math.isfinite(first_close):
+            kind = "never held, closed away from it"
+        else:
+            kind = "never closed: hovered at it" if any(reached) else "never closed: never came near it"
+    elif held[-1]:
+        kind = f"picked, still held at the end ({'over the tray' if in_tray_xy[-1] else 'not over the tray'})"
+    else:
+        kind = "released at the tray, not resting inside" if in_tray_xy[-1] else "picked, then dropped outside the tray"
+    return kind, pick_step, first_close
+
+
+def report_pick_place(policy: Policy, env: gym.Env[Any, Any], run: Path, condition: str, episodes: int) -> None:
+    results = [classify_pick_place(policy, env, EVAL_SEED + i, condition) for i in range(episodes)]
+    counts = collections.Counter(kind for kind, _, _ in results)
+    print(f"{run} from {condition}, {episodes} episodes:")
+    for kind, count in counts.most_common():
+        line = f"  {kind:<58} {count:3d}"
+        if kind == "never held, closed away from it":
+            distances = [1000 * d for k, _, d in results if k == kind]
+            line += f"   first closed {min(distances):.0f}-{max(distances):.0f} mm from it in x-y"
+        print(line)
+    for label, chosen in (("successes", lambda k: k == "success"), ("failures", lambda k: k != "success")):
+        steps = [step for kind, step, _ in results if chosen(kind) and np.isfinite(step)]
+        if steps:
+            print(f"  picked at step {np.mean(steps):.1f} on average ({min(steps):.0f}-{max(steps):.0f}) in the "
+                  f"{len(steps)} {label} that picked (of {scene_horizon(env)} steps)")  # fmt: skip
+
+
+def scene_horizon(env: gym.Env[Any, Any]) -> int:
+    return int(env.unwrapped.horizon)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (their policy/ is stepped)")
-    parser.add_argument("--initial-condition", default="closed")
+    parser.add_argument("--initial-condition", help="default: closed (drawer), on_table (pick-place)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--env-id", help="default: the drawer environment the policy records it was trained in")
     args = parser.parse_args()
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    conditions = ManipulationEnv.conditions_of("drawer")
-    if args.initial_condition not in conditions:
-        parser.error(f"--initial-condition {args.initial_condition!r} is not one of {conditions}")
     torch.set_num_threads(1)  # as the evaluation workers (see the module docstring)
     for run in args.runs:
         try:
@@ -126,13 +207,22 @@ def main() -> None:
         except (OSError, ValueError) as error:  # CheckpointError is a ValueError; a missing folder an OSError
             parser.error(f"{run}: cannot load its deployed policy: {error}")
         env_id = args.env_id or policy.info.get("env_id")
-        if env_id not in ("robot_rl/Drawer-v0", "robot_rl/Drawer-v1"):
-            parser.error(f"{run}: give --env-id robot_rl/Drawer-v0 or -v1 (the policy records {env_id!r})")
+        if env_id not in ENV_IDS:
+            parser.error(f"{run}: give --env-id, one of {ENV_IDS} (the policy records {env_id!r})")
+        scene = "pick_place" if env_id == "robot_rl/PickPlace-v0" else "drawer"
+        condition = args.initial_condition or (PICK_CONDITION if scene == "pick_place" else "closed")
+        conditions = ManipulationEnv.conditions_of(scene)
+        if condition not in conditions:
+            parser.error(f"--initial-condition {condition!r} is not one of the {scene} scene's {conditions}")
         env = gym.make(env_id, privileged_state=True, include_image=False)
-        results = [classify(policy, env, EVAL_SEED + i, args.initial_condition) for i in range(args.episodes)]
+        if scene == "pick_place":
+            report_pick_place(policy, env, run, condition, args.episodes)
+            env.close()
+            continue
+        results = [classify(policy, env, EVAL_SEED + i, condition) for i in range(args.episodes)]
         env.close()
         counts = collections.Counter(kind for kind, *_ in results)
-        print(f"{run} from {args.initial_condition}, {args.episodes} episodes:")
+        print(f"{run} from {condition}, {args.episodes} episodes:")
         for kind, count in counts.most_common():
             line = f"  {kind:<58} {count:3d}"
             if kind in ("success", "fingers stalled open"):
