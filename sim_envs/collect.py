@@ -65,6 +65,9 @@ class MixtureEntry:
     suboptimal_prob: float = 0.0
     approach_error: float = 0.0
     """Metres; for the grasps (`sim_envs.skills.GRASPS`): descend beside the object, then correct (see `_Grasp`)."""
+    backoff_push: float = 0.0
+    """Metres; for `open_bottom_drawer`: push the drawer back in this far (half to all of it) before backing off
+    (see `OpenBottomDrawer`)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ def load_recipe(path: Path) -> Recipe:
 
 
 MAX_APPROACH_ERROR = 0.05
+MAX_BACKOFF_PUSH = 0.08
 """A grasp aimed further beside the object than this is not a grasp."""
 
 PHYSICS_KWARGS = {"arm", "tcp_floor"}
@@ -153,6 +157,11 @@ def check_recipe(recipe: Recipe, where: str) -> None:
             raise DatasetError(f"{where}: mixture[{i}]: approach_error must be 0-{MAX_APPROACH_ERROR} m, got {error!r}")
         if error > 0 and entry.skill not in GRASPS:
             raise DatasetError(f"{where}: mixture[{i}]: approach_error is for the grasps {GRASPS}, not {entry.skill!r}")
+        push = entry.backoff_push
+        if isinstance(push, bool) or not isinstance(push, (int, float)) or not 0 <= push <= MAX_BACKOFF_PUSH:
+            raise DatasetError(f"{where}: mixture[{i}]: backoff_push must be 0-{MAX_BACKOFF_PUSH} m, got {push!r}")
+        if push > 0 and entry.skill != "open_bottom_drawer":
+            raise DatasetError(f"{where}: mixture[{i}]: backoff_push is for open_bottom_drawer, not {entry.skill!r}")
     missing = [scale for scale in SCALES if scale not in recipe.episodes]
     if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
         lacking = f" (missing: {', '.join(missing)})" if missing else ""
@@ -182,7 +191,7 @@ def collect_episode(env: ManipulationEnv, recipe: Recipe, index: int) -> Episode
     rng = np.random.default_rng(seed)
     weights = np.array([e.weight for e in recipe.mixture])
     entry = recipe.mixture[int(rng.choice(len(weights), p=weights / weights.sum()))]
-    skill = make_skill(entry.skill, rng, entry.approach_error)
+    skill = make_skill(entry.skill, rng, entry.approach_error, entry.backoff_push)
     policy = ScriptedPolicy(skill, rng, noise=recipe.noise, suboptimal_prob=entry.suboptimal_prob)
     obs, info = env.reset(seed=seed, options={"initial_condition": entry.initial_condition})
     observations: dict[str, list[Any]] = {key: [value] for key, value in obs.items()}

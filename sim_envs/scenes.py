@@ -141,18 +141,20 @@ class DrawerScene:
     drawer's handle), `blocked_by_object` (an object standing in the gap behind the bottom drawer's handle), and
     `open_blocker_aside` and `closed_blocker_aside`: the blocking object stands on the table where `remove_blocker`
     sets it down, so data recorded after its removal and data starting from these conditions show the same scenes
-    (skill stitching needs that overlap). Task: grasp the object and lift it out of the drawer. In the other
+    (skill stitching needs that overlap). `ajar`: the bottom drawer part-way out (`AJAR`, around `OPEN_THRESHOLD`),
+    where a drawer ends up that an arm backing off its handle pushed back in; grasps from it show the data how to
+    reach the object there. Task: grasp the object and lift it out of the drawer. In the other
     conditions the blocker leaves the scene and the privileged state reports it at the parked position `PARKED`.
     """
 
     name = "drawer"
     task = "grasp the object from the bottom drawer and hold it above the drawer"
     initial_conditions: tuple[str, ...] = (
-        "open", "closed", "blocked", "blocked_by_object", "open_blocker_aside", "closed_blocker_aside",
+        "open", "closed", "blocked", "blocked_by_object", "open_blocker_aside", "closed_blocker_aside", "ajar",
     )  # fmt: skip
     horizons: dict[str, int] = {
         "open": 50, "closed": 50, "blocked": 80, "blocked_by_object": 80,
-        "open_blocker_aside": 50, "closed_blocker_aside": 50,
+        "open_blocker_aside": 50, "closed_blocker_aside": 50, "ajar": 50,
     }  # fmt: skip
     camera = CameraConfig(eye=(0.1, -0.3, 0.34), target=(0.3, 0.05, 0.05), fov_deg=45.0)
     privileged_names: tuple[str, ...] = (
@@ -172,6 +174,7 @@ class DrawerScene:
     DRAWER_TOP_Z = 0.072  # top edge of the bottom drawer's walls
     DRAWER_FLOOR_Z = 0.017  # the bottom drawer's floor (the object rests on it)
     OPEN_THRESHOLD = 0.11  # the bottom drawer counts as open (object reachable) beyond this
+    AJAR = (0.09, 0.12)  # the `ajar` condition's bottom drawer opening (m), drawn uniformly
     OBJECT_HALF = 0.015
     # The blocker stands in the 0.039 m gap between the bottom handle's bar and the drawer face and nearly fills the
     # 0.07 m between the handle's posts, so a closed gripper can neither reach the bar beside it nor nudge it aside;
@@ -215,6 +218,8 @@ class DrawerScene:
         match condition:
             case "open" | "open_blocker_aside":
                 bottom = rng.uniform(0.12, self.DRAWER_TRAVEL)
+            case "ajar":
+                bottom = rng.uniform(*self.AJAR)
             case "closed" | "closed_blocker_aside":
                 pass
             case "blocked":

@@ -91,7 +91,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory, prior_recipe: Recipe) ->
 def test_every_shipped_recipe_loads() -> None:
     recipes = sorted(RECIPES.glob("*.yaml"))
     names = {load_recipe(path).name for path in recipes}
-    assert len(names) == len(recipes) == 9  # each task's prior and task data, and the closed drawer's corrective
+    assert len(names) == len(recipes) == 10  # each task's prior and task data; closed drawer: corrective, push-back
     assert {path.stem for path in recipes} == names  # a recipe's file is named after it (experiments find it so)
     kinds = {(load_recipe(p).task, load_recipe(p).kind) for p in recipes}
     for task in ("closed_drawer", "blocked_drawer", "blocked_by_object_drawer", "pick_place"):
@@ -175,13 +175,13 @@ def test_collecting_a_finished_dataset_again_keeps_it(tmp_path: Path, prior_reci
 
 
 def test_a_dataset_recorded_before_a_mixture_field_existed_is_kept(tmp_path: Path, prior_recipe: Recipe) -> None:
-    """A field added to mixture entries since (approach_error) reads as its default in an older recorded recipe;
-    set to anything else, the recipe differs."""
+    """Fields added to mixture entries since (approach_error, backoff_push) read as their defaults in an older
+    recorded recipe; set to anything else, the recipe differs."""
     folder = collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).folder
     metadata = folder / DATA_DIR / METADATA_FILE
     raw = json.loads(metadata.read_text())
     for entry in raw["robot_rl"]["recipe"]["mixture"]:
-        del entry["approach_error"]
+        del entry["approach_error"], entry["backoff_push"]
     metadata.write_text(json.dumps(raw))
     assert collect(prior_recipe, "smoke", tmp_path, workers=1, progress=False).collected_now == 0
     grasps = tuple(
@@ -280,6 +280,30 @@ def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, p
                 ]
             },
             "approach_error must be 0-0.05 m",
+        ),
+        (
+            {
+                "mixture": [
+                    {"skill": "grasp_from_drawer", "initial_condition": "open", "weight": 1, "backoff_push": 0.03}
+                ]
+            },
+            "backoff_push is for open_bottom_drawer",
+        ),
+        (
+            {
+                "mixture": [
+                    {"skill": "open_bottom_drawer", "initial_condition": "closed", "weight": 1, "backoff_push": 0.1}
+                ]
+            },
+            "backoff_push must be 0-0.08 m",
+        ),
+        (
+            {
+                "mixture": [
+                    {"skill": "open_bottom_drawer", "initial_condition": "ajar", "weight": 1, "backoff_push": True}
+                ]
+            },
+            "backoff_push must be 0-0.08 m",
         ),
     ],
 )

@@ -274,6 +274,19 @@ def test_open_condition_has_bottom_drawer_extended(drawer_env: ManipulationEnv, 
     assert not s.object_held
 
 
+def test_ajar_condition_has_the_bottom_drawer_part_way_out_with_the_object_in_it(drawer_env: ManipulationEnv) -> None:
+    openings = []
+    for seed in SEEDS:
+        reset_to(drawer_env, seed, "ajar")
+        s = drawer_env.scene_state()
+        assert D.AJAR[0] - 0.002 <= s.bottom_drawer <= D.AJAR[1] + 0.002, seed
+        assert s.top_drawer == pytest.approx(0.0, abs=0.005)
+        assert D.FRONT - s.bottom_drawer < s.object_pos[0] < D.FRONT - s.bottom_drawer + 0.05  # in the drawer's front
+        assert s.object_pos[2] < D.DRAWER_TOP_Z and not s.object_held
+        openings.append(s.bottom_drawer)
+    assert np.ptp(openings) > 0.005  # drawn, not one opening
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_closed_condition_has_both_drawers_shut(drawer_env: ManipulationEnv, seed: int) -> None:
     reset_to(drawer_env, seed, "closed")
