@@ -602,8 +602,8 @@ def test_unknown_initial_condition_is_rejected_by_constructor() -> None:
 
 
 def test_unknown_initial_condition_is_rejected_by_reset(drawer_env: ManipulationEnv) -> None:
-    with pytest.raises(ValueError, match="unknown initial condition 'ajar'"):
-        drawer_env.reset(seed=0, options={"initial_condition": "ajar"})
+    with pytest.raises(ValueError, match="unknown initial condition 'half_open'"):
+        drawer_env.reset(seed=0, options={"initial_condition": "half_open"})
 
 
 def test_unknown_reset_option_is_rejected(drawer_env: ManipulationEnv) -> None:
