@@ -123,8 +123,9 @@ def load_recipe(path: Path) -> Recipe:
 
 
 MAX_APPROACH_ERROR = 0.05
-MAX_BACKOFF_PUSH = 0.08
 """A grasp aimed further beside the object than this is not a grasp."""
+MAX_BACKOFF_PUSH = 0.08
+"""Further than this the push would run into the cabinet: the drawer, fully out, travels 0.14 m."""
 
 PHYSICS_KWARGS = {"arm", "tcp_floor"}
 """`ManipulationEnv` arguments a recipe may not set: data collected with them is not the env its version names."""

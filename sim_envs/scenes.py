@@ -142,8 +142,8 @@ class DrawerScene:
     `open_blocker_aside` and `closed_blocker_aside`: the blocking object stands on the table where `remove_blocker`
     sets it down, so data recorded after its removal and data starting from these conditions show the same scenes
     (skill stitching needs that overlap). `ajar`: the bottom drawer part-way out (`AJAR`, around `OPEN_THRESHOLD`),
-    where a drawer ends up that an arm backing off its handle pushed back in; grasps from it show the data how to
-    reach the object there. Task: grasp the object and lift it out of the drawer. In the other
+    where a drawer ends up that an arm backing off its handle pushed back in; openings from it show the data how to
+    recover. Task: grasp the object and lift it out of the drawer. In the other
     conditions the blocker leaves the scene and the privileged state reports it at the parked position `PARKED`.
     """
 
