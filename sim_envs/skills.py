@@ -104,6 +104,15 @@ def _at(x: float, y: float, z: float) -> NDArray[np.float64]:
     return np.array([x, y, z])
 
 
+def _check_drawn_distance(name: str, value: float, rng: np.random.Generator | None) -> None:
+    """A skill's option that scales a distance the skill draws per episode (metres): finite, >= 0, and with an rng
+    to draw from where it is > 0."""
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite distance >= 0 (metres), got {value}")
+    if value > 0 and rng is None:
+        raise ValueError(f"a skill with {name} > 0 needs an rng to draw it")
+
+
 class OpenBottomDrawer(Skill):
     """Close the gripper, hook it between the bottom drawer's handle and face, pull the drawer out, back off.
 
@@ -121,10 +130,7 @@ class OpenBottomDrawer(Skill):
 
     def __init__(self, rng: np.random.Generator | None = None, backoff_push: float = 0.0) -> None:
         super().__init__()
-        if not (backoff_push >= 0 and math.isfinite(backoff_push)):
-            raise ValueError(f"backoff_push must be a finite distance >= 0 (metres), got {backoff_push}")
-        if backoff_push > 0 and rng is None:
-            raise ValueError("a back-off with a push needs an rng to draw it")
+        _check_drawn_distance("backoff_push", backoff_push, rng)
         self.rng, self.backoff_push = rng, backoff_push
         self.push, self._push_from = 0.0, 0.0
         self.reset()
@@ -242,10 +248,7 @@ class _Grasp(Skill):
 
     def __init__(self, rng: np.random.Generator | None = None, approach_error: float = 0.0) -> None:
         super().__init__()
-        if not (approach_error >= 0 and math.isfinite(approach_error)):
-            raise ValueError(f"approach_error must be a finite distance >= 0 (metres), got {approach_error}")
-        if approach_error > 0 and rng is None:
-            raise ValueError("a grasp with an approach_error needs an rng to draw it")
+        _check_drawn_distance("approach_error", approach_error, rng)
         self.rng, self.approach_error = rng, approach_error
         self.offset, self._rise_from, self._last_z = np.zeros(2), np.zeros(2), math.inf
         self.reset()
