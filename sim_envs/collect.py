@@ -46,7 +46,7 @@ from robot_rl.data.episodes import (
 )
 from sim_envs import ENV_IDS, env_version
 from sim_envs.env import ManipulationEnv
-from sim_envs.skills import GRASPS, SKILLS, ScriptedPolicy, make_skill
+from sim_envs.skills import GRASPS, MAX_RETRIES, SKILLS, ScriptedPolicy, make_skill
 
 RECIPE_FILE = "recipe.json"
 """The recipe of a collection in progress, kept with its shards so that a resume cannot mix two recipes."""
@@ -68,6 +68,10 @@ class MixtureEntry:
     backoff_push: float = 0.0
     """Metres; for `open_bottom_drawer`: push the drawer back in this far (half to all of it) before backing off
     (see `OpenBottomDrawer`)."""
+    retries: int = 0
+    """For the grasps: reopen and try again after lifting an empty gripper, up to this many times (see `_Grasp`)."""
+    first_miss: float = 0.0
+    """Metres; for the grasps, with retries: the first attempt closes this far (half to all of it) beside the object."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,9 @@ MAX_APPROACH_ERROR = 0.05
 """A grasp aimed further beside the object than this is not a grasp."""
 MAX_BACKOFF_PUSH = 0.08
 """The push a back-off may make: at 0.06 the drawer goes 1.6-4.7 cm back in; much more would shut it."""
+MAX_FIRST_MISS = 0.08
+"""A deliberate miss further than this from the object is not near it (the learnt pick-place policies' misses close
+2.7-6.8 cm away)."""
 
 PHYSICS_KWARGS = {"arm", "tcp_floor"}
 """`ManipulationEnv` arguments a recipe may not set: data collected with them is not the env its version names."""
@@ -163,6 +170,17 @@ def check_recipe(recipe: Recipe, where: str) -> None:
             raise DatasetError(f"{where}: mixture[{i}]: backoff_push must be 0-{MAX_BACKOFF_PUSH} m, got {push!r}")
         if push > 0 and entry.skill != "open_bottom_drawer":
             raise DatasetError(f"{where}: mixture[{i}]: backoff_push is for open_bottom_drawer, not {entry.skill!r}")
+        retries, miss = entry.retries, entry.first_miss
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+            raise DatasetError(f"{where}: mixture[{i}]: retries must be an integer 0-{MAX_RETRIES}, got {retries!r}")
+        if isinstance(miss, bool) or not isinstance(miss, (int, float)) or not 0 <= miss <= MAX_FIRST_MISS:
+            raise DatasetError(f"{where}: mixture[{i}]: first_miss must be 0-{MAX_FIRST_MISS} m, got {miss!r}")
+        if (retries or miss) and entry.skill not in GRASPS:
+            raise DatasetError(
+                f"{where}: mixture[{i}]: retries and first_miss are for the grasps {GRASPS}, not {entry.skill!r}"
+            )
+        if miss > 0 and (retries < 1 or error > 0):
+            raise DatasetError(f"{where}: mixture[{i}]: first_miss needs retries >= 1 and no approach_error")
     missing = [scale for scale in SCALES if scale not in recipe.episodes]
     if missing or any(not isinstance(n, int) or n < 1 for n in recipe.episodes.values()):
         lacking = f" (missing: {', '.join(missing)})" if missing else ""
@@ -192,7 +210,7 @@ def collect_episode(env: ManipulationEnv, recipe: Recipe, index: int) -> Episode
     rng = np.random.default_rng(seed)
     weights = np.array([e.weight for e in recipe.mixture])
     entry = recipe.mixture[int(rng.choice(len(weights), p=weights / weights.sum()))]
-    skill = make_skill(entry.skill, rng, entry.approach_error, entry.backoff_push)
+    skill = make_skill(entry.skill, rng, entry.approach_error, entry.backoff_push, entry.retries, entry.first_miss)
     policy = ScriptedPolicy(skill, rng, noise=recipe.noise, suboptimal_prob=entry.suboptimal_prob)
     obs, info = env.reset(seed=seed, options={"initial_condition": entry.initial_condition})
     observations: dict[str, list[Any]] = {key: [value] for key, value in obs.items()}

@@ -104,6 +104,15 @@ def _at(x: float, y: float, z: float) -> NDArray[np.float64]:
     return np.array([x, y, z])
 
 
+MAX_RETRIES = 5
+"""The most retries a grasp takes (a pick takes ~7 steps per attempt; episodes are 40-50 steps)."""
+
+
+def _check_retries(retries: int) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(f"retries must be an integer 0-{MAX_RETRIES}, got {retries!r}")
+
+
 def _check_drawn_distance(name: str, value: float, rng: np.random.Generator | None) -> None:
     """A skill's option that scales a distance the skill draws per episode (metres): finite, >= 0, and with an rng
     to draw from where it is > 0."""
@@ -231,6 +240,14 @@ class _Grasp(Skill):
     moves over the object (at ~1 cm per step) before closing. A precise scripted descent never visits those states,
     while a learnt policy's descent drifts into them (and, having no data there, stalls open): these episodes show
     the correction. Where a finger lands on the object or a wall instead, the grasp rises and retries above it.
+
+    With `retries` > 0 a grasp that has lifted without holding the object (closed beside it, or lost it) opens and
+    starts again from above the object, up to `retries` times. Without retries the data never shows what to do after
+    a miss: the scripted grasp lifts its empty, closed gripper and stops, and a learnt policy that closes beside the
+    object does the same. Retries aim at the object itself (any `approach_error` applies to the first attempt only).
+    With `first_miss` > 0 (metres; needs `retries`) the first attempt closes beside the object, at a distance drawn
+    uniformly from [first_miss / 2, first_miss] in a uniformly drawn direction, so that the data holds the miss a
+    learnt policy makes and the reopening after it.
     """
 
     above_z: float
@@ -246,19 +263,33 @@ class _Grasp(Skill):
     CORRECTION_SPEED = 0.35
     """Cap on the normalised command moving over the object at grasp height (~1 cm per step)."""
 
-    def __init__(self, rng: np.random.Generator | None = None, approach_error: float = 0.0) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator | None = None,
+        approach_error: float = 0.0,
+        retries: int = 0,
+        first_miss: float = 0.0,
+    ) -> None:
         super().__init__()
         _check_drawn_distance("approach_error", approach_error, rng)
-        self.rng, self.approach_error = rng, approach_error
+        _check_drawn_distance("first_miss", first_miss, rng)
+        _check_retries(retries)
+        if first_miss > 0 and (retries < 1 or approach_error > 0):
+            raise ValueError("first_miss needs retries >= 1 (the reopening it exists to show) and no approach_error")
+        self.rng, self.approach_error, self.retries, self.first_miss = rng, approach_error, retries, first_miss
         self.offset, self._rise_from, self._last_z = np.zeros(2), np.zeros(2), math.inf
+        self.attempts = 0
+        """Attempts started since `reset` (1 during the first)."""
         self.reset()
 
     def reset(self) -> None:
         super().reset()
         self._last_z = math.inf
-        if self.approach_error > 0:
+        self.attempts = 1
+        drawn = self.approach_error or self.first_miss  # at most one of them is set
+        if drawn > 0:
             assert self.rng is not None
-            radius = self.rng.uniform(self.approach_error / 2, self.approach_error)
+            radius = self.rng.uniform(drawn / 2, drawn)
             angle = self.rng.uniform(0.0, 2 * math.pi)
             self.offset = radius * np.array([math.cos(angle), math.sin(angle)])
 
@@ -266,10 +297,14 @@ class _Grasp(Skill):
         o = s.object_pos
         z = float(o[2]) if self.grasp_z is None else self.grasp_z
         yaw = _grasp_yaw(s.object_yaw)
-        beside = self.approach_error > 0
-        # Phases: above the aim point, descend there, move over the object at grasp height, close, lift. Without an
-        # approach error the aim is the object: the descent ends over it and the move is already done.
+        missing = self.first_miss > 0 and self.attempts == 1
+        beside = self.approach_error > 0 or missing
+        # Phases: above the aim point, descend there, move over the object at grasp height, close, lift (and, with
+        # retries, start again after an empty lift). Without an approach error the aim is the object: the descent ends
+        # over it and the move is already done. A first miss closes at its aim instead (the object, had a finger
+        # landed on it during the descent).
         aim = o[:2] + self.offset
+        grip = aim if missing else o[:2]
         match self.phase:
             case 0:
                 return Waypoint(_at(aim[0], aim[1], self.above_z), OPEN, tol=0.012, yaw=yaw)
@@ -288,12 +323,16 @@ class _Grasp(Skill):
                 return Waypoint(_at(o[0], o[1], z), OPEN, tol=0.006, yaw=yaw)
             case 2:  # over the object at grasp height: after a descent beside it, slowly, so the data shows the way
                 return Waypoint(
-                    _at(o[0], o[1], z), OPEN, tol=0.006, yaw=yaw, speed=self.CORRECTION_SPEED if beside else 1.0
+                    _at(grip[0], grip[1], z), OPEN, tol=0.006, yaw=yaw, speed=self.CORRECTION_SPEED if beside else 1.0
                 )
             case 3:
-                return Waypoint(_at(o[0], o[1], z), CLOSE, steps=3, yaw=yaw)
+                return Waypoint(_at(grip[0], grip[1], z), CLOSE, steps=3, yaw=yaw)
             case 4:
                 return Waypoint(_at(s.tcp[0], s.tcp[1], self.lift_z), CLOSE, tol=0.012, yaw=s.yaw)
+            case 5 if self.attempts <= self.retries and not s.object_held:  # lifted empty: open and try again
+                self.attempts += 1
+                self.offset, self.phase, self._phase_steps, self._last_z = np.zeros(2), 0, 0, math.inf
+                return self.waypoint(s)
         return None
 
     def act(self, s: SceneState) -> NDArray[np.float64]:
@@ -438,13 +477,23 @@ GRASPS = ("grasp_from_drawer", "pick_from_table")
 """The skills that take an `approach_error` (see `_Grasp`)."""
 
 
-def make_skill(name: str, rng: np.random.Generator, approach_error: float = 0.0, backoff_push: float = 0.0) -> Skill:
-    """Build a skill or chained solution by name (see `SKILLS`); `approach_error` is for the `GRASPS` alone,
-    `backoff_push` for `open_bottom_drawer` alone."""
+def make_skill(
+    name: str,
+    rng: np.random.Generator,
+    approach_error: float = 0.0,
+    backoff_push: float = 0.0,
+    retries: int = 0,
+    first_miss: float = 0.0,
+) -> Skill:
+    """Build a skill or chained solution by name (see `SKILLS`); `approach_error`, `retries` and `first_miss` are for
+    the `GRASPS` alone, `backoff_push` for `open_bottom_drawer` alone."""
     if name not in SKILLS:
         raise ValueError(f"unknown skill {name!r}; choose one of {sorted(SKILLS)}")
     if approach_error != 0.0 and name not in GRASPS:
         raise ValueError(f"approach_error is for the grasps {GRASPS}, not {name!r}")
+    for option, value in (("retries", retries), ("first_miss", first_miss)):
+        if value != 0 and name not in GRASPS:
+            raise ValueError(f"{option} is for the grasps {GRASPS}, not {name!r}")
     if backoff_push != 0.0 and name != "open_bottom_drawer":
         raise ValueError(f"backoff_push is for open_bottom_drawer, not {name!r}")
     setting = SKILLS[name]
@@ -458,9 +507,9 @@ def make_skill(name: str, rng: np.random.Generator, approach_error: float = 0.0,
         case "remove_blocker":
             return RemoveBlocker()
         case "grasp_from_drawer":
-            return GraspFromDrawer(rng, approach_error)
+            return GraspFromDrawer(rng, approach_error, retries, first_miss)
         case "pick_from_table":
-            return PickFromTable(rng, approach_error)
+            return PickFromTable(rng, approach_error, retries, first_miss)
         case "place_in_tray":
             return PlaceInTray()
         case "random_exploration":
@@ -521,6 +570,8 @@ def run_skill_episode(
     initial_condition: str | None = None,
     record: bool = False,
     approach_error: float = 0.0,
+    retries: int = 0,
+    first_miss: float = 0.0,
 ) -> EpisodeResult:
     """Reset `env` (seeded) to the skill's initial condition and run the skill until the episode ends."""
     setting = SKILLS.get(skill_name)
@@ -528,7 +579,7 @@ def run_skill_episode(
         raise ValueError(f"unknown skill {skill_name!r}; choose one of {sorted(SKILLS)}")
     condition = initial_condition or setting.initial_condition
     rng = np.random.default_rng(seed)
-    skill = make_skill(skill_name, rng, approach_error)
+    skill = make_skill(skill_name, rng, approach_error, retries=retries, first_miss=first_miss)
     policy = ScriptedPolicy(skill, rng, noise=noise, suboptimal_prob=suboptimal_prob)
     options: dict[str, Any] = {"initial_condition": condition}
     frames: list[NDArray[np.uint8]] = []

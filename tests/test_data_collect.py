@@ -305,6 +305,32 @@ def test_resume_skips_finished_shards_and_drops_partial_writes(tmp_path: Path, p
             },
             "backoff_push must be 0-0.08 m",
         ),
+        (
+            {"mixture": [{"skill": "open_bottom_drawer", "initial_condition": "closed", "weight": 1, "retries": 1}]},
+            "retries and first_miss are for the grasps",
+        ),
+        (
+            {"mixture": [{"skill": "grasp_from_drawer", "initial_condition": "open", "weight": 1, "retries": 1.5}]},
+            "retries must be an integer 0-5",
+        ),
+        (
+            {"mixture": [{"skill": "grasp_from_drawer", "initial_condition": "open", "weight": 1, "first_miss": 0.04}]},
+            "first_miss needs retries >= 1",
+        ),
+        (
+            {
+                "mixture": [
+                    {
+                        "skill": "grasp_from_drawer",
+                        "initial_condition": "open",
+                        "weight": 1,
+                        "retries": 1,
+                        "first_miss": 0.2,
+                    }
+                ]
+            },
+            "first_miss must be 0-0.08 m",
+        ),
     ],
 )
 def test_bad_recipes_are_refused_with_the_reason(tmp_path: Path, change: dict[str, object], message: str) -> None:

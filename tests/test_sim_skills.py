@@ -219,6 +219,80 @@ def test_approach_error_is_refused_outside_the_grasps() -> None:
             make_skill("grasp_from_drawer", rng, bad)
 
 
+def test_a_first_miss_closes_beside_the_object_then_reopens_and_picks_it(envs: dict[str, ManipulationEnv]) -> None:
+    """`first_miss` with `retries`: the first close lands 3-6 cm from the object (the miss the learnt pick-place
+    policies make), the empty gripper lifts, opens again, and the second attempt picks the object. Without retries
+    the plain pick never reopens once it has closed."""
+    env = envs["pick_place"]
+
+    def pick(seed: int, retries: int, first_miss: float) -> tuple[list[float], int, bool]:
+        """x-y offsets from the object at each close command that follows an open one, the times the gripper is
+        commanded open again after a close, success."""
+        rng = np.random.default_rng(seed)
+        skill = make_skill("pick_from_table", rng, retries=retries, first_miss=first_miss)
+        policy = ScriptedPolicy(skill, rng, noise=0.0)
+        env.reset(seed=seed, options={"initial_condition": "on_table"})
+        closes: list[float] = []
+        reopened, closed = 0, False
+        for _ in range(env.horizon):
+            s = env.scene_state()
+            action = policy(s)
+            if action[4] > 0 and not closed:
+                closes.append(float(np.hypot(*(s.tcp[:2] - s.object_pos[:2]))))
+            reopened += int(action[4] < 0 and closed)
+            closed = bool(action[4] > 0)
+            env.step(action)
+        return closes, reopened, bool(skill.succeeded(env.scene_state()))
+
+    missed = [pick(seed, 1, 0.06) for seed in SEEDS]
+    assert sum(len(closes) == 2 and closes[0] > 0.025 and closes[1] < 0.01 for closes, _, _ in missed) >= 4, missed
+    assert sum(reopened == 1 and ok for _, reopened, ok in missed) >= 4, missed
+    for closes, reopened, ok in (pick(seed, 0, 0.0) for seed in SEEDS):
+        assert len(closes) == 1 and closes[0] < 0.01 and reopened == 0 and ok
+
+
+def test_retries_follow_an_empty_lift_and_stop_when_held_or_used_up() -> None:
+    """The retry decision on hand-made states: after the lift, an empty gripper starts a new attempt (open, above
+    the object) while retries are left; a held object, or no retries left, ends the skill."""
+    object_at = np.array([0.3, -0.05, PickPlaceScene.OBJECT_HALF])
+
+    def lifted(held: bool) -> SceneState:
+        return SceneState(
+            tcp=np.array([0.3, -0.05, 0.14]), yaw=0.0, finger_gap=0.0, gripper_closed=True,
+            object_pos=object_at, object_quat=(0.0, 0.0, 0.0, 1.0), object_yaw=0.0, object_held=held,
+        )  # fmt: skip
+
+    skill = make_skill("pick_from_table", np.random.default_rng(0), retries=2)
+    for attempt in (2, 3):
+        skill.phase = 5  # the lift is done
+        action = skill.act(lifted(held=False))
+        assert skill.attempts == attempt and skill.phase == 0 and action[4] < 0 and not skill.done
+    skill.phase = 5
+    assert skill.act(lifted(held=False))[4] > 0 and skill.done  # used up: keeps its (empty) grip
+    held = make_skill("pick_from_table", np.random.default_rng(0), retries=2)
+    held.phase = 5
+    held.act(lifted(held=True))
+    assert held.done and held.attempts == 1
+
+
+def test_retries_and_first_miss_are_refused_where_they_do_not_apply() -> None:
+    rng = np.random.default_rng(0)
+    for name in ("open_bottom_drawer", "open_then_grasp", "place_in_tray"):
+        with pytest.raises(ValueError, match="retries is for the grasps"):
+            make_skill(name, rng, retries=1)
+        with pytest.raises(ValueError, match="first_miss is for the grasps"):
+            make_skill(name, rng, first_miss=0.04)
+    for bad in (-1, 6, 1.5, True):
+        with pytest.raises(ValueError, match="retries must be an integer 0-5"):
+            make_skill("pick_from_table", rng, retries=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="first_miss needs retries >= 1"):
+        make_skill("pick_from_table", rng, first_miss=0.04)
+    with pytest.raises(ValueError, match=r"first_miss needs retries >= 1 .* and no approach_error"):
+        make_skill("grasp_from_drawer", rng, approach_error=0.02, retries=1, first_miss=0.04)
+    with pytest.raises(ValueError, match="first_miss must be a finite distance"):
+        make_skill("pick_from_table", rng, retries=1, first_miss=float("nan"))
+
+
 def test_a_back_off_with_a_push_shuts_the_drawer_part_way_and_the_ajar_drawer_reopens(
     envs: dict[str, ManipulationEnv],
 ) -> None:
