@@ -474,7 +474,7 @@ SKILLS: dict[str, SkillSetting] = {
 
 
 GRASPS = ("grasp_from_drawer", "pick_from_table")
-"""The skills that take an `approach_error` (see `_Grasp`)."""
+"""The skills that take an `approach_error`, `retries` and a `first_miss` (see `_Grasp`)."""
 
 
 def make_skill(
