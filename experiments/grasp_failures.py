@@ -30,7 +30,9 @@ A pick-place policy (`robot_rl/PickPlace-v0`, from `on_table` by default) is sor
 - let go over the tray, not resting inside it (on a wall, bounced out): "released at the tray".
 
 and prints the step of the pick (mean over the episodes that picked, successes and failures apart): with 40 steps
-for the whole task, a slow pick leaves the place too little time.
+for the whole task, a slow pick leaves the place too little time. For each class whose episodes closed the gripper
+it prints in how many the gripper closed, reopened and closed again (a retried grasp; the closed state is the
+commanded one, so a close on the object counts).
 
 For the successes and the stalls it prints the mean z command over the three steps after the grasp closes, the
 TCP's height relative to the object's centre at that step, and the range over episodes of the largest normal force
@@ -128,9 +130,12 @@ def classify(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) 
 PICK_CONDITION = "on_table"
 
 
-def classify_pick_place(policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str) -> tuple[str, float, float]:
+def classify_pick_place(
+    policy: Policy, env: gym.Env[Any, Any], seed: int, condition: str
+) -> tuple[str, float, float, int]:
     """One pick-place episode: (its class, the step at which the object was first picked, the TCP's x-y distance
-    from the object when the gripper first closed; nan where it never did)."""
+    from the object when the gripper first closed, nan where it never did; how many times the gripper closed, a
+    close after a reopening counting again)."""
     obs, info = env.reset(seed=seed, options={"initial_condition": condition})
     scene_env: Any = env.unwrapped
     scene = scene_env.scene
@@ -152,6 +157,8 @@ def classify_pick_place(policy: Policy, env: gym.Env[Any, Any], seed: int, condi
             break
     pick_step = float(picked.index(True) + 1) if any(picked) else math.nan
     first_close = next((d for d in closed_at if math.isfinite(d)), math.nan)
+    closed = [math.isfinite(d) for d in closed_at]
+    closures = sum(now and not before for before, now in zip([False, *closed], closed))
     if success:
         kind = "success"
     elif not any(picked):
@@ -167,21 +174,24 @@ def classify_pick_place(policy: Policy, env: gym.Env[Any, Any], seed: int, condi
         kind = f"picked, still held at the end ({'over the tray' if in_tray_xy[-1] else 'not over the tray'})"
     else:
         kind = "released at the tray, not resting inside" if in_tray_xy[-1] else "picked, then dropped outside the tray"
-    return kind, pick_step, first_close
+    return kind, pick_step, first_close, closures
 
 
 def report_pick_place(policy: Policy, env: gym.Env[Any, Any], run: Path, condition: str, episodes: int) -> None:
     results = [classify_pick_place(policy, env, EVAL_SEED + i, condition) for i in range(episodes)]
-    counts = collections.Counter(kind for kind, _, _ in results)
+    counts = collections.Counter(kind for kind, *_ in results)
     print(f"{run} from {condition}, {episodes} episodes:")
     for kind, count in counts.most_common():
         line = f"  {kind:<58} {count:3d}"
         if kind == "never held, closed away from it":
-            distances = [1000 * d for k, _, d in results if k == kind]
+            distances = [1000 * d for k, _, d, _ in results if k == kind]
             line += f"   first closed {min(distances):.0f}-{max(distances):.0f} mm from it in x-y"
+        closures = [c for k, _, _, c in results if k == kind and c > 0]
+        if closures:  # a retry: the gripper reopened after closing and closed again
+            line += f"   closed again after reopening in {sum(c > 1 for c in closures)} of {len(closures)}"
         print(line)
     for label, chosen in (("successes", lambda k: k == "success"), ("failures", lambda k: k != "success")):
-        steps = [step for kind, step, _ in results if chosen(kind) and np.isfinite(step)]
+        steps = [step for kind, step, *_ in results if chosen(kind) and np.isfinite(step)]
         if steps:
             print(f"  picked at step {np.mean(steps):.1f} on average ({min(steps):.0f}-{max(steps):.0f}) in the "
                   f"{len(steps)} {label} that picked (of {scene_horizon(env)} steps)")  # fmt: skip
