@@ -158,7 +158,7 @@ def classify_pick_place(
     pick_step = float(picked.index(True) + 1) if any(picked) else math.nan
     first_close = next((d for d in closed_at if math.isfinite(d)), math.nan)
     closed = [math.isfinite(d) for d in closed_at]
-    closures = sum(now and not before for before, now in zip([False, *closed], closed))
+    closures = sum(now and not before for before, now in zip([False, *closed[:-1]], closed, strict=True))
     if success:
         kind = "success"
     elif not any(picked):
