@@ -16,7 +16,9 @@ An experiment file (YAML) names the datasets of each task, the config of each me
 Every run gets OUT/<task>/<method>/seed<k>/ (a normal run folder plus cell.json). Running the same file again
 skips finished runs, resumes interrupted ones from their checkpoint and starts the rest; a run whose recorded
 config differs from what the file now asks for is refused rather than silently mixed, except for a larger `steps`:
-raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does).
+raising the budget continues every run from its last checkpoint (as `robot-rl train --extend-to` does). Where a
+run was first written (`out`) is not compared: a grid's folder copied elsewhere and named as a new file's `out`
+trains on there, leaving the original as it was.
 `robot-rl report OUT` turns the folder into tables and plots.
 
 With `workers` > 1 and no thread count set (in the file or by `threads`), the grid shares its cores (one per worker):
@@ -206,7 +208,9 @@ def cell_status(cell: Cell) -> str:
             f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
         ) from e
     wanted = _jsonable(cell.config)
-    keys = (set(recorded) | set(wanted)) - EXECUTION_FIELDS
+    # `out` is where the run was first written; the folder found at this cell's path is this cell's run, so a grid
+    # copied or moved to another folder (to train a copy on with a larger budget) resumes there.
+    keys = (set(recorded) | set(wanted)) - EXECUTION_FIELDS - {"out"}
     changed = sorted(k for k in keys if recorded.get(k) != wanted.get(k))
     if changed == ["steps"] and recorded["steps"] < cell.config.steps and (run / "checkpoints" / "latest").exists():
         return "partial"  # the budget grew: the run trains on from its last checkpoint (training ignores the budget)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +288,37 @@ def test_a_larger_budget_continues_finished_runs_and_a_smaller_one_is_refused(
     )
     with pytest.raises(ExperimentError, match=r"different config \(steps differ\)"):
         cell_status(shorter.cells[0])
+
+
+def test_a_copied_grid_trains_on_in_its_new_folder_and_leaves_the_original(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    exp = load_experiment(write_experiment(tmp_path / "e.yaml", datasets, out, seeds=[0]))
+    run_experiment(dataclasses.replace(exp, cells=exp.cells[:1]))
+    original = exp.cells[0].config.out
+    assert original is not None
+    before = (original / "metrics.jsonl").read_text()
+    shutil.copytree(out, tmp_path / "copy")
+    base = yaml.safe_load((tmp_path / "e.yaml").read_text())["base"]
+    longer = load_experiment(
+        write_experiment(tmp_path / "f.yaml", datasets, tmp_path / "copy", seeds=[0], base={**base, "steps": 9})
+    )
+    copied = longer.cells[0].config.out
+    assert copied is not None and copied != original
+    assert cell_status(longer.cells[0]) == "partial"  # its run.json still names the original folder as `out`
+    results = run_experiment(dataclasses.replace(longer, cells=longer.cells[:1]))
+    assert results[0]["status"] == "trained" and results[0]["step"] == 9
+    evaluated = [row["step"] for row in read_metrics(copied / "metrics.jsonl") if "eval/success" in row]
+    assert evaluated == [3, 6, 9]
+    assert json.loads((copied / "run.json").read_text())["config"]["out"] == str(copied)
+    assert (original / "metrics.jsonl").read_text() == before  # the original grid is untouched
+    assert cell_status(exp.cells[0]) == "done"
+    # Anything else that differs is still refused in the copy.
+    changed = load_experiment(write_experiment(tmp_path / "f.yaml", datasets, tmp_path / "copy", seeds=[0],
+                                               base={**base, "steps": 9, "batch_size": 4}))  # fmt: skip
+    with pytest.raises(ExperimentError, match=r"different config \(batch_size differ\)"):
+        cell_status(changed.cells[0])
 
 
 def test_an_unreadable_run_record_stops_the_grid_before_any_work(datasets: dict[str, Path], tmp_path: Path) -> None:
