@@ -6,7 +6,12 @@ object (mm), the gripper command, and the critic's Q (min over its members, as i
 
 - the policy's action,
 - the same action with the gripper command set to close (+1) and to open (-1),
-- the same action with the x-y command aimed straight at the object (as far as one step reaches).
+- the same action with the x-y command aimed straight at the object (as far as one step reaches),
+- the same gripper command with the motion replaced by a straight rise (x, y, yaw 0, z +1): what the scripted
+  opening's back-off does, against which a policy that heads for the object from the handle (pushing the drawer
+  back in) can be read.
+
+Each printed step also shows the bottom drawer's opening (m) before the step.
 
 A policy that hovers beside the object with the gripper open, while its critic scores that state as a few steps from
 success and ranks the alternatives within its own TD error, fails because its critic cannot tell the actions apart
@@ -48,11 +53,13 @@ def load_agent(run: Path) -> tuple[CQL, DatasetInfo, str]:
 
 
 def alternatives(action: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """(4, A): the action; gripper close; gripper open; x-y aimed at the object (offset: TCP - object, metres)."""
-    close, opened, aimed = action.copy(), action.copy(), action.copy()
+    """(5, A): the action; gripper close; gripper open; x-y aimed at the object (offset: TCP - object, metres); a
+    straight rise with the action's gripper command (actions are x, y, z, yaw, gripper)."""
+    close, opened, aimed, rise = action.copy(), action.copy(), action.copy(), action.copy()
     close[-1], opened[-1] = 1.0, -1.0
     aimed[:2] = np.clip(-offset[:2] / np.array(ACTION_SCALES[:2]), -1.0, 1.0)
-    return np.stack([action, close, opened, aimed]).astype(np.float32)
+    rise[:4] = (0.0, 0.0, 1.0, 0.0)
+    return np.stack([action, close, opened, aimed, rise]).astype(np.float32)
 
 
 def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: int) -> None:
@@ -61,22 +68,23 @@ def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: 
     actor = agent.deployed_actor
     outcome, held_any = "time out", False
     print(f"episode seed {seed} from {condition}:")
-    print("  step  TCP-object mm (x, y, z)  grip  gap mm   Q(pi)  Q(close)  Q(open)  Q(aim xy)  held")
+    print("  step  TCP-object mm (x, y, z)  grip  gap mm  drawer   Q(pi)  Q(close)  Q(open)  Q(aim xy)  Q(rise)  held")
     for t in range(scene_env.horizon):
         state = torch.as_tensor(policy_state(obs))[None]
         before = scene_env.scene_state()
         offset = before.tcp - before.object_pos
         with torch.inference_mode():
             action = actor.deterministic(actor.encode(None, state)).numpy()[0]
-            candidates = torch.as_tensor(alternatives(action, offset))[None]  # (1, 4, A)
-            q = agent.q.q(agent.q.encode(None, state), candidates).min(0).values[0].numpy()  # (4,)
+            candidates = torch.as_tensor(alternatives(action, offset))[None]  # (1, 5, A)
+            q = agent.q.q(agent.q.encode(None, state), candidates).min(0).values[0].numpy()  # (5,)
         obs, _, terminated, truncated, info = env.step(action)
         after = scene_env.scene_state()
         held_any = held_any or after.object_held
         if t % every == 0 or info.get("success") or terminated or truncated:
             mm = np.round(1000 * offset).astype(int)
             print(f"  {t:4d}  {mm[0]:6d} {mm[1]:6d} {mm[2]:6d}       {action[-1]:+.2f}  {1000 * before.finger_gap:5.1f}"
-                  f"  {q[0]:6.1f}  {q[1]:8.1f}  {q[2]:7.1f}  {q[3]:9.1f}  {after.object_held}")  # fmt: skip
+                  f"  {before.bottom_drawer:6.3f}  {q[0]:6.1f}  {q[1]:8.1f}  {q[2]:7.1f}  {q[3]:9.1f}  {q[4]:7.1f}"
+                  f"  {after.object_held}")  # fmt: skip
         if info.get("success"):
             outcome = "success"
             break
