@@ -143,7 +143,10 @@ class DrawerScene:
     sets it down, so data recorded after its removal and data starting from these conditions show the same scenes
     (skill stitching needs that overlap). `ajar`: the bottom drawer part-way out (`AJAR`, around `OPEN_THRESHOLD`),
     where a drawer ends up that an arm backing off its handle pushed back in; openings from it show the data how to
-    recover. Task: grasp the object and lift it out of the drawer. In the other
+    recover. `closed_after_removal`: as `closed_blocker_aside`, with the arm where `remove_blocker` leaves it (TCP
+    above the set-down blocker, yawed as the removal's noise leaves it, gripper open) instead of the usual start box:
+    openings from it continue a removal in the arm's pose too (`AFTER_REMOVAL_TCP`). Task: grasp the object and lift
+    it out of the drawer. In the other
     conditions the blocker leaves the scene and the privileged state reports it at the parked position `PARKED`.
     """
 
@@ -151,10 +154,11 @@ class DrawerScene:
     task = "grasp the object from the bottom drawer and hold it above the drawer"
     initial_conditions: tuple[str, ...] = (
         "open", "closed", "blocked", "blocked_by_object", "open_blocker_aside", "closed_blocker_aside", "ajar",
+        "closed_after_removal",
     )  # fmt: skip
     horizons: dict[str, int] = {
         "open": 50, "closed": 50, "blocked": 80, "blocked_by_object": 80,
-        "open_blocker_aside": 50, "closed_blocker_aside": 50, "ajar": 50,
+        "open_blocker_aside": 50, "closed_blocker_aside": 50, "ajar": 50, "closed_after_removal": 50,
     }  # fmt: skip
     camera = CameraConfig(eye=(0.1, -0.3, 0.34), target=(0.3, 0.05, 0.05), fov_deg=45.0)
     privileged_names: tuple[str, ...] = (
@@ -186,6 +190,12 @@ class DrawerScene:
     # it: the scripted removal with action noise 0.1 leaves it within about 2 cm of the spot.
     BLOCKER_ASIDE = (0.2, -0.12)
     BLOCKER_ASIDE_SPREAD = 0.02
+    # Where `remove_blocker` leaves the arm: its last waypoint is above BLOCKER_ASIDE at travel height; the episode's
+    # remaining steps of action noise spread the TCP and yaw. Measured on drawer-blocked_by_object-prior (medium, v1):
+    # the successful removals' last TCPs lie in x 0.164-0.235, y -0.157 to -0.086, z 0.117-0.187 (5%-95%), yaw
+    # within +-0.52. Outside `closed_after_removal` the arm starts in the box of `reset` (y >= -0.08, yaw 0).
+    AFTER_REMOVAL_TCP = ((0.16, -0.16, 0.12), (0.24, -0.08, 0.19))
+    AFTER_REMOVAL_YAW = 0.5
     # Fingertips stop at the bottom drawer's floor. With the arm's bound at the table's height (v0: 0.015), a policy
     # pressing down in the drawer drove them into its floor with 100-220 N (pybullet's contact forces), which no
     # WidowX's servos can, and the floor's friction on them then held the 25 N finger motors open: the fingers
@@ -220,7 +230,7 @@ class DrawerScene:
                 bottom = rng.uniform(0.12, self.DRAWER_TRAVEL)
             case "ajar":
                 bottom = rng.uniform(*self.AJAR)
-            case "closed" | "closed_blocker_aside":
+            case "closed" | "closed_blocker_aside" | "closed_after_removal":
                 pass
             case "blocked":
                 top = rng.uniform(0.12, self.DRAWER_TRAVEL)
@@ -238,7 +248,7 @@ class DrawerScene:
         blocker_yaw = 0.0
         if condition == "blocked_by_object":
             blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.004, 0.004), self.BLOCKER_HALF[2])
-        elif condition.endswith("_blocker_aside"):
+        elif condition.endswith("_blocker_aside") or condition == "closed_after_removal":
             x, y = np.asarray(self.BLOCKER_ASIDE) + rng.uniform(-1, 1, 2) * self.BLOCKER_ASIDE_SPREAD
             blocker, blocker_yaw = (float(x), float(y), self.BLOCKER_HALF[2]), float(rng.uniform(-0.3, 0.3))
         else:
@@ -246,11 +256,17 @@ class DrawerScene:
         # Outside `blocked_by_object` the blocker leaves the scene: without collisions it falls away, out of view
         # behind the camera. Resting on the table it cost a fifth of every physics step (measured); making it static
         # instead (mass 0, then back) left pybullet in a state that changed later episodes, so its mass stays.
-        self.blocker_present = condition == "blocked_by_object" or condition.endswith("_blocker_aside")
+        self.blocker_present = condition in ("blocked_by_object", "closed_after_removal") or condition.endswith(
+            "_blocker_aside"
+        )
         client.setCollisionFilterGroupMask(self.blocker, -1, int(self.blocker_present), -int(self.blocker_present))
         client.resetBasePositionAndOrientation(self.blocker, blocker, _quat_yaw(blocker_yaw))
-        tcp = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2))
-        arm.reset(tcp, 0.0, gripper_closed=False)
+        if condition == "closed_after_removal":
+            tcp = rng.uniform(*self.AFTER_REMOVAL_TCP)
+            yaw = float(rng.uniform(-self.AFTER_REMOVAL_YAW, self.AFTER_REMOVAL_YAW))
+        else:  # the draws of every other condition are as they were, so their collected data replays exactly
+            tcp, yaw = rng.uniform((0.18, -0.08, 0.14), (0.26, 0.04, 0.2)), 0.0
+        arm.reset(tcp, yaw, gripper_closed=False)
 
     def state(self, client: BulletClient, arm: Arm) -> SceneState:
         obj, quat = _pose(client, self.object)

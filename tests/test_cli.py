@@ -36,7 +36,7 @@ def test_gallery_writes_grid_videos_and_record(tmp_path: Path) -> None:
     grid = cv2.imread(str(out / "scenes_grid.png"))
     assert grid is not None
     rows = len(DrawerScene.initial_conditions) + len(PickPlaceScene.initial_conditions)
-    assert rows == 9  # 7 drawer + 2 pick-place conditions
+    assert rows == 10  # 8 drawer + 2 pick-place conditions
     assert grid.shape == (rows * 192, 2 * 192, 3)  # a row per condition, a column per seed
 
     summary = json.loads((out / "skills.json").read_text())

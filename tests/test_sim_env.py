@@ -324,7 +324,7 @@ def test_blocked_by_object_condition_has_blocker_in_front_of_bottom_drawer(
     assert s.top_drawer == pytest.approx(0.0, abs=0.005)
 
 
-@pytest.mark.parametrize("condition", ["open_blocker_aside", "closed_blocker_aside"])
+@pytest.mark.parametrize("condition", ["open_blocker_aside", "closed_blocker_aside", "closed_after_removal"])
 def test_blocker_aside_conditions_stand_the_blocker_on_the_table_out_of_the_way(
     drawer_env: ManipulationEnv, condition: str
 ) -> None:
@@ -340,6 +340,29 @@ def test_blocker_aside_conditions_stand_the_blocker_on_the_table_out_of_the_way(
         assert drawer_env.scene.bottom_open(s) == (condition == "open_blocker_aside")
         positions.append(s.blocker_pos[:2])
     assert np.ptp(np.array(positions), axis=0).min() > 0.005  # spread, not one spot
+
+
+def test_after_removal_starts_the_arm_where_a_removal_leaves_it_and_no_other_condition_does(
+    drawer_env: ManipulationEnv,
+) -> None:
+    """`closed_after_removal` draws the TCP and yaw around the removal's end (open gripper, drawer closed); the other
+    conditions keep the usual start box and yaw 0, which keeps their collected data as it was."""
+    low, high = (np.array(corner) for corner in D.AFTER_REMOVAL_TCP)
+    tcps, yaws = [], []
+    for seed in range(8):
+        reset_to(drawer_env, seed, "closed_after_removal")
+        s = drawer_env.scene_state()
+        assert np.all(s.tcp >= low - 0.005) and np.all(s.tcp <= high + 0.005), s.tcp
+        assert abs(s.yaw) <= D.AFTER_REMOVAL_YAW + 0.01
+        assert not s.gripper_closed and s.finger_gap > 0.06
+        assert not drawer_env.scene.bottom_open(s) and s.bottom_drawer == pytest.approx(0.0, abs=0.005)
+        tcps.append(s.tcp)
+        yaws.append(s.yaw)
+    assert np.ptp(np.array(tcps), axis=0).min() > 0.02 and np.ptp(yaws) > 0.3  # drawn, not one pose
+    for condition in ("closed", "closed_blocker_aside"):
+        reset_to(drawer_env, 0, condition)
+        s = drawer_env.scene_state()
+        assert s.tcp[1] >= -0.08 - 0.005 and s.yaw == pytest.approx(0.0, abs=1e-3), condition
 
 
 @pytest.mark.parametrize("seed", SEEDS)
