@@ -1,9 +1,13 @@
-"""Shared fixtures: environments that are closed again after use, and checks of mixed-precision training."""
+"""Shared fixtures: environments that are closed again after use, checks of mixed-precision training, and a loader
+for the diagnostic scripts in experiments/ (plain files, not a package)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -14,6 +18,8 @@ from sim_envs.env import ManipulationEnv
 EnvFactory = Callable[..., ManipulationEnv]
 Fp32Check = Callable[[list[torch.nn.Module], list[torch.optim.Optimizer]], None]
 PairedUpdates = Callable[[Any, Any, Any, str], tuple[dict[str, float], dict[str, float]]]
+ScriptLoader = Callable[[str], ModuleType]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 @pytest.fixture(autouse=True)
@@ -90,3 +96,17 @@ def fp32_and_bf16_updates() -> PairedUpdates:
         return expected, got
 
     return run
+
+
+@pytest.fixture
+def experiment_script() -> ScriptLoader:
+    """Import experiments/<name>.py as a module (the scripts are run as files, so they are not importable by name)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -13,7 +13,7 @@ from robot_rl.algos.cql import CQL, CQLConfig
 from robot_rl.checkpoints import export_policy
 from robot_rl.policy import Policy
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "average_policies.py"
+ScriptLoader = Callable[[str], ModuleType]  # conftest's `experiment_script` fixture
 ENV_SPEC = {
     "action_names": ["dx", "dy", "dz", "dyaw", "gripper"],
     "action_scales": [0.03, 0.03, 0.03, 0.25, 1.0],
@@ -25,24 +25,16 @@ ENV_SPEC = {
 }
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("average_policies", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def exported(tmp_path: Path, seed: int, hidden: tuple[int, ...] = (8,)) -> Path:
     torch.manual_seed(seed)
     agent = CQL(CQLConfig(hidden=hidden), None, 5, 5)
     return export_policy(agent, ENV_SPEC).save(tmp_path / f"policy{seed}-{len(hidden)}")
 
 
-def test_the_average_is_the_mean_of_every_weight_and_acts(tmp_path: Path) -> None:
+def test_the_average_is_the_mean_of_every_weight_and_acts(tmp_path: Path, experiment_script: ScriptLoader) -> None:
     folders = [exported(tmp_path, seed) for seed in (0, 1, 2)]
     policies = [Policy.load(folder) for folder in folders]
-    averaged = Policy.load(load_script().average_policies(folders).save(tmp_path / "average"))
+    averaged = Policy.load(experiment_script("average_policies").average_policies(folders).save(tmp_path / "average"))
     for key, value in averaged.actor.state_dict().items():
         expected = torch.stack([p.actor.state_dict()[key].double() for p in policies]).mean(dim=0).float()
         torch.testing.assert_close(value, expected)
@@ -53,9 +45,9 @@ def test_the_average_is_the_mean_of_every_weight_and_acts(tmp_path: Path) -> Non
     assert action.shape == (5,)
 
 
-def test_policies_of_different_specs_are_refused(tmp_path: Path) -> None:
+def test_policies_of_different_specs_are_refused(tmp_path: Path, experiment_script: ScriptLoader) -> None:
     folders = [exported(tmp_path, 0), exported(tmp_path, 1, hidden=(8, 8))]
     with pytest.raises(ValueError, match="another spec"):
-        load_script().average_policies(folders)
+        experiment_script("average_policies").average_policies(folders)
     with pytest.raises(ValueError, match="no policies"):
-        load_script().average_policies([])
+        experiment_script("average_policies").average_policies([])

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
 
 from sim_envs.env import ACTION_SCALES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "critic_probe.py"
+ScriptLoader = Callable[[str], ModuleType]  # conftest's `experiment_script` fixture
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("critic_probe", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_alternatives_change_only_what_each_names() -> None:
-    alternatives = load_script().alternatives
+def test_alternatives_change_only_what_each_names(experiment_script: ScriptLoader) -> None:
+    alternatives = experiment_script("critic_probe").alternatives
     action = np.array([0.5, -0.2, -0.4, 0.3, 0.9], np.float32)  # x, y, z, yaw, gripper
     offset = np.array([0.004, -0.5, 0.02])  # TCP - object (m): 4 mm in x (within a step), far in y
     given = action.copy()
