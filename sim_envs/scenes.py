@@ -196,6 +196,8 @@ class DrawerScene:
     # within +-0.52. Outside `closed_after_removal` the arm starts in the box of `reset` (y >= -0.08, yaw 0).
     AFTER_REMOVAL_TCP = ((0.16, -0.16, 0.12), (0.24, -0.08, 0.19))
     AFTER_REMOVAL_YAW = 0.5
+    BLOCKER_ASIDE_CONDITIONS = ("open_blocker_aside", "closed_blocker_aside", "closed_after_removal")
+    """The conditions that stand the blocker where the removal sets it down."""
     # Fingertips stop at the bottom drawer's floor. With the arm's bound at the table's height (v0: 0.015), a policy
     # pressing down in the drawer drove them into its floor with 100-220 N (pybullet's contact forces), which no
     # WidowX's servos can, and the floor's friction on them then held the 25 N finger motors open: the fingers
@@ -248,7 +250,7 @@ class DrawerScene:
         blocker_yaw = 0.0
         if condition == "blocked_by_object":
             blocker = (self.FRONT - 0.0295, self.BOTTOM_HANDLE_Y + rng.uniform(-0.004, 0.004), self.BLOCKER_HALF[2])
-        elif condition.endswith("_blocker_aside") or condition == "closed_after_removal":
+        elif condition in self.BLOCKER_ASIDE_CONDITIONS:
             x, y = np.asarray(self.BLOCKER_ASIDE) + rng.uniform(-1, 1, 2) * self.BLOCKER_ASIDE_SPREAD
             blocker, blocker_yaw = (float(x), float(y), self.BLOCKER_HALF[2]), float(rng.uniform(-0.3, 0.3))
         else:
@@ -256,9 +258,7 @@ class DrawerScene:
         # Outside `blocked_by_object` the blocker leaves the scene: without collisions it falls away, out of view
         # behind the camera. Resting on the table it cost a fifth of every physics step (measured); making it static
         # instead (mass 0, then back) left pybullet in a state that changed later episodes, so its mass stays.
-        self.blocker_present = condition in ("blocked_by_object", "closed_after_removal") or condition.endswith(
-            "_blocker_aside"
-        )
+        self.blocker_present = condition == "blocked_by_object" or condition in self.BLOCKER_ASIDE_CONDITIONS
         client.setCollisionFilterGroupMask(self.blocker, -1, int(self.blocker_present), -int(self.blocker_present))
         client.resetBasePositionAndOrientation(self.blocker, blocker, _quat_yaw(blocker_yaw))
         if condition == "closed_after_removal":
