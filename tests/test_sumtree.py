@@ -9,7 +9,7 @@ import pytest
 from numpy.typing import NDArray
 
 from robot_rl.replay import BalancedReplayConfig, DensityRatioSampler, SumTree, density_ratio_priorities
-from robot_rl.replay.sumtree import last_occurrences
+from robot_rl.replay.sumtree import last_occurrences, numba_available
 
 ALPHA = 0.001
 """Significance level of the chi-square goodness-of-fit tests (the seeds are fixed, so a pass is reproducible)."""
@@ -58,20 +58,28 @@ def assert_parents_are_sums(tree: SumTree) -> None:
 
 
 # -- SumTree -------------------------------------------------------------------------------------------------------
+@pytest.fixture(
+    params=["numpy", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="needs numba"))]
+)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every SumTree test runs on both backends (numba's where it is installed, as with the dev extras)."""
+    return str(request.param)
+
+
 @pytest.mark.parametrize("top_size", [1, 4, 1024])
 @pytest.mark.parametrize("stratified", [False, True])
-def test_sampling_frequencies_match_priorities(top_size: int, stratified: bool) -> None:
+def test_sampling_frequencies_match_priorities(top_size: int, stratified: bool, backend: str) -> None:
     # top_size 1 descends a binary tree from the root (5 levels for 32 slots); 1024 uses only the top level's sums.
-    tree = SumTree(len(PRIORITIES), top_size=top_size)
+    tree = SumTree(len(PRIORITIES), top_size=top_size, backend=backend)
     tree.add(PRIORITIES)
     counts = draw_counts(tree, np.random.default_rng(0), batches=400, stratified=stratified)
     assert_frequencies_match(counts, PRIORITIES)
 
 
-def test_stratified_batches_cover_the_mass_evenly() -> None:
+def test_stratified_batches_cover_the_mass_evenly(backend: str) -> None:
     """Draw k lies in the k-th of n equal slices of the mass, so in every batch an entry holding mass share q is
     drawn n q times give or take less than 2 (independent draws stray by sqrt(n q) and more)."""
-    tree = SumTree(len(PRIORITIES), top_size=1)
+    tree = SumTree(len(PRIORITIES), top_size=1, backend=backend)
     tree.add(PRIORITIES)
     rng = np.random.default_rng(10)
     expected = 256 * PRIORITIES / PRIORITIES.sum()
@@ -81,20 +89,20 @@ def test_stratified_batches_cover_the_mass_evenly() -> None:
         assert np.abs(np.bincount(indices, minlength=len(PRIORITIES)) - expected).max() < 2
 
 
-def test_sampling_frequencies_detect_a_wrong_distribution() -> None:
+def test_sampling_frequencies_detect_a_wrong_distribution(backend: str) -> None:
     """The chi-square check is not vacuous: draws from priorities with two entries swapped fail it."""
     swapped = PRIORITIES.copy()
     swapped[[0, 1]] = swapped[[1, 0]]
-    tree = SumTree(len(swapped), top_size=1)
+    tree = SumTree(len(swapped), top_size=1, backend=backend)
     tree.add(swapped)
     counts = draw_counts(tree, np.random.default_rng(0), batches=400, stratified=False)
     with pytest.raises(AssertionError):
         assert_frequencies_match(counts, PRIORITIES)
 
 
-def test_update_with_duplicates_keeps_parents_right() -> None:
+def test_update_with_duplicates_keeps_parents_right(backend: str) -> None:
     rng = np.random.default_rng(1)
-    tree = SumTree(64, top_size=2)  # 5 binary levels under a top level of 2
+    tree = SumTree(64, top_size=2, backend=backend)  # 5 binary levels under a top level of 2
     tree.add(rng.uniform(0.0, 2.0, 64))
     tree.update(np.array([3, 3, 7, 3, 60, 61, 7]), np.array([1.0, 2.0, 5.0, 4.0, 0.0, 8.0, 6.0]))
     np.testing.assert_array_equal(tree.priorities([3, 7, 60, 61]), [4.0, 6.0, 0.0, 8.0])  # the last value wins
@@ -118,9 +126,9 @@ def test_last_occurrences() -> None:
     np.testing.assert_array_equal(values, [5.0, 6.0, 4.0])
 
 
-def test_update_on_a_large_tree_keeps_parents_right() -> None:
+def test_update_on_a_large_tree_keeps_parents_right(backend: str) -> None:
     rng = np.random.default_rng(2)
-    tree = SumTree(1 << 14, top_size=16)  # 10 binary levels
+    tree = SumTree(1 << 14, top_size=16, backend=backend)  # 10 binary levels
     tree.add(rng.random(1 << 14))
     for _ in range(50):
         indices, _ = tree.sample(rng, 256)
@@ -128,8 +136,8 @@ def test_update_on_a_large_tree_keeps_parents_right() -> None:
     assert_parents_are_sums(tree)
 
 
-def test_max_priority_is_the_running_maximum() -> None:
-    tree = SumTree(4)
+def test_max_priority_is_the_running_maximum(backend: str) -> None:
+    tree = SumTree(4, backend=backend)
     assert tree.max_priority == 0.0
     tree.add([1.0, 2.0])
     assert tree.max_priority == 2.0
@@ -144,8 +152,8 @@ def test_max_priority_is_the_running_maximum() -> None:
 
 
 @pytest.mark.parametrize("top_size", [2, 1024])
-def test_growth_keeps_priorities_and_sampling(top_size: int) -> None:
-    tree = SumTree(4, top_size=top_size)
+def test_growth_keeps_priorities_and_sampling(top_size: int, backend: str) -> None:
+    tree = SumTree(4, top_size=top_size, backend=backend)
     assert tree.capacity == 4
     first = tree.add(PRIORITIES[:3])
     rest = tree.add(PRIORITIES[3:])  # 18 entries: capacity doubles twice, 4 -> 8 -> 16 -> 32
@@ -158,8 +166,8 @@ def test_growth_keeps_priorities_and_sampling(top_size: int) -> None:
     assert_frequencies_match(counts, PRIORITIES)
 
 
-def test_growth_one_entry_at_a_time() -> None:
-    tree = SumTree(1, top_size=2)
+def test_growth_one_entry_at_a_time(backend: str) -> None:
+    tree = SumTree(1, top_size=2, backend=backend)
     capacities = []
     for p in PRIORITIES:
         tree.add([p])
@@ -170,13 +178,13 @@ def test_growth_one_entry_at_a_time() -> None:
 
 
 @pytest.mark.parametrize("stratified", [False, True])
-def test_zero_priority_never_sampled(stratified: bool) -> None:
+def test_zero_priority_never_sampled(stratified: bool, backend: str) -> None:
     rng = np.random.default_rng(4)
     priorities = rng.random(5000)
     priorities[::2] = 0.0  # every other entry
     priorities[1000:1600] = 0.0  # a whole run of subtrees
     priorities[4999] = 0.0  # the last entry (draws near the total)
-    tree = SumTree(5000, top_size=4)
+    tree = SumTree(5000, top_size=4, backend=backend)
     tree.add(priorities)
     tree.update(np.arange(3000, 3100), np.zeros(100))  # zeroed by update, not only at insertion
     priorities[3000:3100] = 0.0
@@ -186,12 +194,12 @@ def test_zero_priority_never_sampled(stratified: bool) -> None:
         assert (probabilities > 0).all()
 
 
-def test_zero_priority_never_sampled_when_a_draw_overshoots_its_node() -> None:
+def test_zero_priority_never_sampled_when_a_draw_overshoots_its_node(backend: str) -> None:
     """Rounding can leave a draw a hair above its node's sum; it must still not end in a zero leaf.
 
     Simulated by inflating the root: draws in [1, 4) take the fast path into the zero leaves and must be re-routed.
     """
-    tree = SumTree(4, top_size=1)
+    tree = SumTree(4, top_size=1, backend=backend)
     tree.add([1.0, 0.0, 0.0, 0.0])
     tree._nodes[1] = 4.0  # the root claims 4 while its children sum to 1
     indices, _ = tree.sample(np.random.default_rng(5), 256)
@@ -201,8 +209,8 @@ def test_zero_priority_never_sampled_when_a_draw_overshoots_its_node() -> None:
 @pytest.mark.parametrize(
     ("bad", "problem"), [(float("nan"), "NaN"), (-1.0, "negative"), (float("inf"), "infinite"), (-0.5, "negative")]
 )
-def test_bad_priorities_refused(bad: float, problem: str) -> None:
-    tree = SumTree(8)
+def test_bad_priorities_refused(bad: float, problem: str, backend: str) -> None:
+    tree = SumTree(8, backend=backend)
     tree.add([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match=rf"finite and >= 0: entry 1 is {problem}"):
         tree.add([1.0, bad])
@@ -214,8 +222,8 @@ def test_bad_priorities_refused(bad: float, problem: str) -> None:
     assert tree.total == 6.0 and tree.max_priority == 3.0
 
 
-def test_bad_arguments_refused() -> None:
-    tree = SumTree(8)
+def test_bad_arguments_refused(backend: str) -> None:
+    tree = SumTree(8, backend=backend)
     with pytest.raises(ValueError, match="sum to 0"):
         tree.sample(np.random.default_rng(0), 4)  # nothing added
     tree.add([0.0, 0.0])
@@ -231,6 +239,30 @@ def test_bad_arguments_refused() -> None:
         tree.update(np.array([0.0]), [1.0])
     with pytest.raises(ValueError, match="power of two"):
         SumTree(8, top_size=3)
+    with pytest.raises(ValueError, match="backend must be"):
+        SumTree(8, backend="cython")  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not numba_available(), reason="needs numba")
+@pytest.mark.parametrize("top_size", [1, 4, 1024])
+def test_backends_draw_the_same_entries_and_keep_the_same_tree(top_size: int) -> None:
+    """Same draws from the same random stream, and bit-identical nodes after updates with repeated indices, including
+    zero priorities (the compiled descent guards every step, numpy re-descends only the draws that need it)."""
+    priorities = np.random.default_rng(6).random(5000)
+    priorities[::3] = 0.0
+    trees = [SumTree(5000, top_size=top_size, backend=b) for b in ("numpy", "numba")]
+    for tree in trees:
+        tree.add(priorities)
+    rngs = [np.random.default_rng(7), np.random.default_rng(7)]
+    for step in range(40):
+        (i0, p0), (i1, p1) = (t.sample(r, 256, stratified=step % 2 == 0) for t, r in zip(trees, rngs, strict=True))
+        np.testing.assert_array_equal(i0, i1)
+        np.testing.assert_array_equal(p0, p1)
+        indices = np.concatenate([i0, i0[:20]])  # repeats: the last value wins in both
+        values = rngs[0].random(len(indices)) * (rngs[1].random(len(indices)) > 0.2)
+        for tree in trees:
+            tree.update(indices, values)
+        np.testing.assert_array_equal(trees[0].nodes, trees[1].nodes)
 
 
 # -- DensityRatioSampler -------------------------------------------------------------------------------------------

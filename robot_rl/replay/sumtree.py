@@ -16,17 +16,82 @@ Updates write the leaves and recompute each changed parent from its two children
 adjusted by deltas, so they stay exactly the floating-point sum of their children however many updates are made
 (delta updates drift, and a drifting parent can give a subtree of zero leaves a nonzero share of the draws).
 Duplicate indices in one update are allowed: the last priority given for an index wins.
+
+Two backends run the same layout and give the same draws and the same trees bit for bit: numpy (always there) and,
+when numba is installed (`pip install "robot-rl[fast]"`), two compiled loops for the descent and the update. The
+compiled descent walks all draws one level at a time, so the memory loads of different draws overlap as in the numpy
+version, but without a numpy call per step; it applies the zero-child guard at every step instead of re-descending
+afterwards. On the development machine (1M entries, batch 256) a sample plus an update took 0.18 ms with numpy on the
+idle machine and 0.28 ms beside a training run on the other core, against 0.06-0.11 ms compiled beside the same run.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 DEFAULT_TOP_SIZE = 1024
 """Nodes in the top level (see the module docstring): ~1024 balances its cumulative sum against levels saved."""
+
+
+Backend = Literal["auto", "numpy", "numba"]
+
+
+@cache
+def _numba_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """The compiled (descend, write) loops, or None where numba does not import. Compiled on first use; numba caches
+    the machine code next to this file, so later processes load it instead of compiling."""
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(cache=True, nogil=True)
+    def descend(nodes: Any, cumsum: Any, top: int, depth: int, u: Any, node: Any) -> None:
+        """`sample`'s search: u (n,) in [0, total) in, offsets inside the leaves out; node (n,) the leaf node ids."""
+        n = u.shape[0]
+        for k in range(n):  # the top node: the first j with cumsum[j + 1] > u (searchsorted, side="right")
+            lo, hi = 0, top - 1
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if cumsum[mid + 1] > u[k]:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            u[k] -= cumsum[lo]
+            node[k] = lo + top
+        for _ in range(depth):  # level-major: the loads of the n draws are independent and overlap
+            for k in range(n):
+                i = node[k]
+                left = nodes[2 * i]
+                right_side = ((u[k] >= left) & (nodes[2 * i + 1] > 0.0)) | (left <= 0.0)
+                u[k] -= left * right_side
+                node[k] = 2 * i + right_side
+
+    @numba.njit(cache=True, nogil=True)
+    def write(nodes: Any, leaf: Any, p: Any, depth: int) -> None:
+        """`update`: leaves in order (the last value of a repeated index wins), then each leaf's path recomputed
+        bottom-up from both children. A shared ancestor is recomputed last by the last path through it, after every
+        leaf below it was written, so it ends as the exact sum of its children."""
+        for k in range(leaf.shape[0]):
+            nodes[leaf[k]] = p[k]
+        for k in range(leaf.shape[0]):
+            i = leaf[k] >> 1
+            for _ in range(depth):
+                nodes[i] = nodes[2 * i] + nodes[2 * i + 1]
+                i >>= 1
+
+    return descend, write
+
+
+def numba_available() -> bool:
+    """Whether the compiled backend can run here (numba imports)."""
+    return _numba_kernels() is not None
 
 
 def _next_power_of_two(n: int) -> int:
@@ -68,9 +133,15 @@ class SumTree:
     are never sampled. Priorities must be finite and >= 0.
     """
 
-    def __init__(self, capacity: int = 1024, top_size: int = DEFAULT_TOP_SIZE) -> None:
+    def __init__(self, capacity: int = 1024, top_size: int = DEFAULT_TOP_SIZE, backend: Backend = "auto") -> None:
         """`capacity` is rounded up to a power of two; `top_size` (a power of two) trades the top level's cumulative
-        sum against binary levels below it (1 gives a plain binary descent from the root)."""
+        sum against binary levels below it (1 gives a plain binary descent from the root). `backend`: "numba" (the
+        compiled loops; ImportError without numba), "numpy", or "auto" (numba where it imports)."""
+        if backend not in ("auto", "numpy", "numba"):
+            raise ValueError(f"backend must be auto, numpy or numba, got {backend!r}")
+        self._kernels = None if backend == "numpy" else _numba_kernels()
+        if backend == "numba" and self._kernels is None:
+            raise ImportError('SumTree(backend="numba") needs numba: pip install "robot-rl[fast]" (or numba)')
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if top_size < 1 or top_size & (top_size - 1):
@@ -94,6 +165,11 @@ class SumTree:
     # -- state ------------------------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return self._size
+
+    @property
+    def backend(self) -> Literal["numpy", "numba"]:
+        """The backend in use."""
+        return "numpy" if self._kernels is None else "numba"
 
     @property
     def size(self) -> int:
@@ -194,6 +270,10 @@ class SumTree:
         high = check_nonnegative(p)
         nodes = self._nodes
         node = idx + self._capacity  # (n,) leaf nodes
+        if self._kernels is not None:
+            self._kernels[1](nodes, node, p, self._depth)
+            self._max_priority = max(self._max_priority, high)
+            return
         nodes.put(node, p)
         # numpy leaves the winner among repeated indices unspecified; one read-back finds out whether any repeated
         # index got a value other than the one given last, and only then are repeats resolved explicitly.
@@ -231,6 +311,10 @@ class SumTree:
         else:
             u *= total
         np.minimum(u, math.nextafter(total, 0.0), out=u)  # rounding must not push a draw to the total itself
+        if self._kernels is not None:
+            node = np.empty(n, np.int64)
+            self._kernels[0](self._nodes, cumsum, top, self._depth, u, node)
+            return node - self._capacity, self._nodes.take(node) / total
         # cumsum[j + 1] > u >= cumsum[j]: a zero-priority top node has cumsum[j + 1] == cumsum[j] and is never chosen.
         top_index = np.searchsorted(cumsum[1:], u, side="right")  # (n,)
         u -= cumsum.take(top_index)  # (n,) offset inside the chosen top node, >= 0
