@@ -21,7 +21,11 @@ anyway. The development machine is a shared 2-core box: the 1-minute load averag
   (the drawer's state + privileged), torch on `--threads` threads (1 by default, as the fine-tuning runs use).
   Members are computed in one batched forward. In fp32 on a CPU the update is bound by the matrix products'
   arithmetic, which grows with N; in bf16 autocast (`--precision`, as `robot-rl finetune --precision bf16`) the
-  products are cheaper and more of the cost is per-update overhead that N does not multiply.
+  products are cheaper and more of the cost is per-update overhead that N does not multiply. The arithmetic of one
+  update is counted too (torch's FlopCounterMode over the matrix products: `ensemble_n5_over_n1_flops` is 5.0, every
+  member computes its own products), with the rate each update ran at: the measured ratio can fall below the
+  arithmetic one only by as much as N = 1 leaves the hardware idle (a GPU, or a CPU whose small products are
+  overhead-bound), not on a CPU that already runs N = 1 near its peak.
 
     python benchmarks/replay_speed.py [--out FILE.json] [--entries 1048576] [--batch 256] [--calls 2000] [--repeats 5]
         [--threads 1] [--precision fp32 bf16]
@@ -168,6 +172,16 @@ def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list
     for n in (1, 5):
         agents = [CQL(CQLConfig(hidden=(256, 256, 256)), None, state_dim, action_dim) for _ in range(n)]
         ensembles[n] = PessimisticEnsemble.from_cql_agents(agents, PessimisticEnsembleConfig())
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for n, ensemble in ensembles.items():  # the arithmetic of one update (matrix products; fp32, as counted)
+        ensemble.update(batch)
+        with FlopCounterMode(display=False) as counter:
+            ensemble.update(batch)
+        out[f"ensemble_n{n}_gflop_per_update"] = round(counter.get_total_flops() / 1e9, 3)
+    out["ensemble_n5_over_n1_flops"] = round(
+        float(out["ensemble_n5_gflop_per_update"]) / float(out["ensemble_n1_gflop_per_update"]), 2
+    )
     rounds: dict[tuple[str, int], list[float]] = {}
     for _ in range(3):
         for precision in precisions:
@@ -187,6 +201,10 @@ def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list
             out[f"{prefix}_n{n}_update_ms"] = round(statistics.median(rounds[precision, n]), 3)
         ratio = float(out[f"{prefix}_n5_update_ms"]) / float(out[f"{prefix}_n1_update_ms"])
         out[f"{prefix}_n5_over_n1"] = round(ratio, 2)
+        for n in (1, 5):  # the rate the update's products ran at: where N = 1 already runs near the CPU's peak,
+            # N = 5 cannot cost much less than the arithmetic ratio
+            rate = float(out[f"ensemble_n{n}_gflop_per_update"]) / float(out[f"{prefix}_n{n}_update_ms"]) * 1e3
+            out[f"{prefix}_n{n}_gflop_per_s"] = round(rate, 1)
     return out
 
 
@@ -205,8 +223,9 @@ def main() -> None:
         "--precision",
         nargs="+",
         choices=["fp32", "bf16"],
-        default=["fp32", "bf16"],
-        help="the ensemble update's precisions (bf16 is slow where the CPU emulates it)",
+        default=None,
+        help="the ensemble update's precisions (default: fp32, and bf16 where the CPU computes it in hardware; "
+        "emulated bf16 is ~17x slower than fp32)",
     )
     args = parser.parse_args()
 
@@ -255,7 +274,10 @@ def main() -> None:
             )
 
     if not args.skip_ensemble:
-        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates, args.precision))
+        from robot_rl.train.offline import cpu_has_native_bf16
+
+        precisions = args.precision or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
+        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates, precisions))
 
     print(f"{'metric':<46} {'ours':>16} {'target':>8}")
     for key, result in results.items():
