@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +267,18 @@ def test_native_precision_trains_in_bf16_only_where_the_cpu_has_it(
     )
     train_offline(config(datasets, tmp_path / "run", steps=2, precision="native"))
     assert used == [torch.bfloat16 if native else None] * 2
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_warns(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(offline, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert offline.autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # still what was asked for
+        assert offline.autocast_dtype("native", torch.device("cpu")) is (torch.bfloat16 if native else None)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == (0 if native else 1)
+    assert all("emulates it" in m and "native" in m for m in messages)
 
 
 def test_success_terminal_and_reward_scale_shape_what_the_learner_sees() -> None:
