@@ -259,6 +259,7 @@ def test_backends_draw_the_same_entries_and_keep_the_same_tree(top_size: int) ->
         np.testing.assert_array_equal(i0, i1)
         np.testing.assert_array_equal(p0, p1)
         indices = np.concatenate([i0, i0[:20]])  # repeats: the last value wins in both
+        # one draw from each stream keeps them in step (they are equal): values r, zeroed where r <= 0.2
         values = rngs[0].random(len(indices)) * (rngs[1].random(len(indices)) > 0.2)
         for tree in trees:
             tree.update(indices, values)

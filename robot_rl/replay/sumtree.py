@@ -21,8 +21,8 @@ Two backends run the same layout and give the same draws and the same trees bit 
 when numba is installed (`pip install "robot-rl[fast]"`), two compiled loops for the descent and the update. The
 compiled descent walks all draws one level at a time, so the memory loads of different draws overlap as in the numpy
 version, but without a numpy call per step; it applies the zero-child guard at every step instead of re-descending
-afterwards. On the development machine (1M entries, batch 256) a sample plus an update took 0.18-0.27 ms with numpy
-on the idle machine and 0.24-0.31 ms beside a training run on the other vCPU; compiled, 0.15 and 0.06-0.15 ms.
+afterwards. On the development machine (1M entries, batch 256; `benchmarks/replay_speed.py`) a sample plus an update
+took 0.18-0.27 ms with numpy and 0.15 ms compiled, on the idle machine and beside a training run alike for numba.
 """
 
 from __future__ import annotations
