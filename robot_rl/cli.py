@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -96,8 +97,11 @@ def demo(cfg: DemoConfig) -> Path:
         raise SystemExit(f"robot-rl demo: {path} not found; run the demo from the repository's root folder")
     exp = load_experiment(path)
     print(f"robot-rl demo: {exp.name}: collecting datasets (if missing), then training {len(exp.cells)} runs")
+    start = time.perf_counter()
     ensure_datasets(exp)
+    collected = time.perf_counter()
     results = run_experiment(exp, lambda r: print(f"  {r['label']}: {r['status']}"))
+    trained = time.perf_counter()
     report = write_report([exp.out], exp.out / "report")
     summary = summarise(find_runs([exp.out]))
     print()
@@ -110,6 +114,10 @@ def demo(cfg: DemoConfig) -> Path:
                 f"(ever {row['ever_mean']:.2f}; {','.join(map(str, row['episodes']))} episodes per seed)"
             )
     print(f"\nreport: {report}\nruns and videos: {exp.out}/<task>/<method>/seed<k>/videos")
+    print(
+        f"time: datasets {(collected - start) / 60:.1f} min, training and evaluation {(trained - collected) / 60:.1f} "
+        "min (a rerun skips what is done)"
+    )
     failed = [r for r in results if r["status"] == "failed"]
     if failed:
         raise SystemExit(f"robot-rl demo: {len(failed)} runs failed: {[r['label'] for r in failed]}")

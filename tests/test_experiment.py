@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -367,6 +368,7 @@ def test_demo_command_trains_reports_and_prints_both_success_rates(
     for method in ("cog", "bc_all"):
         assert f"{method:>8} on closed_drawer: success {runs[method].success:.2f} from" in printed
     assert f"report: {tmp_path / 'out' / 'report' / 'report.md'}" in printed
+    assert re.search(r"^time: datasets \d+\.\d min, training and evaluation \d+\.\d min", printed, re.M)
     # The experiment and report commands see the finished grid.
     main(["experiment", str(path), "--dry-run"])
     assert "2 done" in capsys.readouterr().out
