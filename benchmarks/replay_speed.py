@@ -28,7 +28,7 @@ anyway. The development machine is a shared 2-core box: the 1-minute load averag
   overhead-bound), not on a CPU that already runs N = 1 near its peak.
 
     python benchmarks/replay_speed.py [--out FILE.json] [--entries 1048576] [--batch 256] [--calls 2000] [--repeats 5]
-        [--threads 1] [--precision fp32 bf16]
+        [--threads 1] [--precision fp32 bf16] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -147,10 +147,13 @@ def measure(
     }
 
 
-def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list[str]) -> dict[str, float | int]:
+def ensemble_costs(
+    threads: int, batch_size: int, updates: int, precisions: list[str], device: str = "cpu"
+) -> dict[str, float | int | str]:
     """Median ms of one PessimisticEnsemble.update for N = 1 and N = 5 agents, and their ratio, per precision (fp32;
     bf16: the forward passes in bf16 autocast, as `robot-rl finetune --precision bf16`). Sizes and precisions are
-    timed in turns, 3 rounds of `updates` calls each; a figure is the median over the rounds' medians."""
+    timed in turns, 3 rounds of `updates` calls each; a figure is the median over the rounds' medians. On CUDA each
+    timed call ends with a device synchronisation, so it counts the kernels' time, not only their launch."""
     import torch
 
     from robot_rl.algos.batch import TorchBatch, TorchObs
@@ -159,18 +162,26 @@ def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    dev = torch.device(device)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     state_dim, action_dim = 17, 5
     g = torch.Generator().manual_seed(0)
-    state, next_state = torch.randn(batch_size, state_dim, generator=g), torch.randn(batch_size, state_dim, generator=g)
-    zeros = torch.zeros(batch_size)
+    state = torch.randn(batch_size, state_dim, generator=g).to(dev)
+    next_state = torch.randn(batch_size, state_dim, generator=g).to(dev)
+    zeros = torch.zeros(batch_size, device=dev)
     batch = TorchBatch(
-        TorchObs(None, state), torch.rand(batch_size, action_dim, generator=g) * 2 - 1,
-        (torch.rand(batch_size, generator=g) < 0.3).float(), TorchObs(None, next_state), zeros, zeros,
+        TorchObs(None, state), (torch.rand(batch_size, action_dim, generator=g) * 2 - 1).to(dev),
+        (torch.rand(batch_size, generator=g) < 0.3).float().to(dev), TorchObs(None, next_state), zeros, zeros,
     )  # fmt: skip
-    out: dict[str, float | int] = {"ensemble_threads": threads, "ensemble_timed_updates": updates}
+    out: dict[str, float | int | str] = {"ensemble_threads": threads, "ensemble_timed_updates": updates}
+    out["ensemble_device"] = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     ensembles = {}
     for n in (1, 5):
-        agents = [CQL(CQLConfig(hidden=(256, 256, 256)), None, state_dim, action_dim) for _ in range(n)]
+        agents = [CQL(CQLConfig(hidden=(256, 256, 256)), None, state_dim, action_dim, dev) for _ in range(n)]
         ensembles[n] = PessimisticEnsemble.from_cql_agents(agents, PessimisticEnsembleConfig())
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -189,10 +200,12 @@ def ensemble_costs(threads: int, batch_size: int, updates: int, precisions: list
                 ensemble.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
                 for _ in range(5):  # warm-up
                     ensemble.update(batch)
+                sync()
                 times = []
                 for _ in range(updates):
                     start = time.perf_counter()
                     ensemble.update(batch)
+                    sync()
                     times.append((time.perf_counter() - start) * 1e3)
                 rounds.setdefault((precision, n), []).append(statistics.median(times))
     for precision in precisions:
@@ -226,6 +239,9 @@ def main() -> None:
         default=None,
         help="the ensemble update's precisions (default: fp32, and bf16 where the CPU computes it in hardware; "
         "emulated bf16 is ~17x slower than fp32)",
+    )
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="where the ensemble update runs (the tree is numpy)"
     )
     args = parser.parse_args()
 
@@ -276,8 +292,9 @@ def main() -> None:
     if not args.skip_ensemble:
         from robot_rl.train.offline import cpu_has_native_bf16
 
-        precisions = args.precision or (["fp32", "bf16"] if cpu_has_native_bf16() else ["fp32"])
-        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates, precisions))
+        on_cuda = args.device == "cuda"
+        precisions = args.precision or (["fp32", "bf16"] if on_cuda or cpu_has_native_bf16() else ["fp32"])
+        results.update(ensemble_costs(args.threads, args.batch, args.ensemble_updates, precisions, args.device))
 
     print(f"{'metric':<46} {'ours':>16} {'target':>8}")
     for key, result in results.items():
