@@ -91,9 +91,9 @@ def collected(tmp_path_factory: pytest.TempPathFactory, prior_recipe: Recipe) ->
 def test_every_shipped_recipe_loads() -> None:
     recipes = sorted(RECIPES.glob("*.yaml"))
     names = {load_recipe(path).name for path in recipes}
-    # each task's prior and task data; corrective, two push-back priors, the chained blocked-by-object prior, two
-    # pick-place retry priors
-    assert len(names) == len(recipes) == 14
+    # each task's prior and task data; corrective, two push-back priors, the chained and the stuck-opening
+    # blocked-by-object priors, two pick-place retry priors
+    assert len(names) == len(recipes) == 15
     assert {path.stem for path in recipes} == names  # a recipe's file is named after it (experiments find it so)
     kinds = {(load_recipe(p).task, load_recipe(p).kind) for p in recipes}
     for task in ("closed_drawer", "blocked_drawer", "blocked_by_object_drawer", "pick_place"):
