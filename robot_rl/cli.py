@@ -303,12 +303,18 @@ def experiment(cmd: ExperimentCommand) -> Path:
     if cmd.dry_run:
         for cell in exp.cells:
             print(f"  {cell.label}: {cell.config.algo}, {cell.config.steps} steps -> {cell.config.out}")
+        for tuned in exp.finetune_cells:
+            c = tuned.config
+            agents = f"{len(c.runs)} agents" if c.ensemble else "1 agent"
+            print(f"  {tuned.label}: {c.replay} replay, {agents}, {c.online_steps} online steps -> {c.out}")
         return exp.out
     ensure_datasets(exp, cmd.collect_workers)
 
     def show(result: dict[str, object]) -> None:
         if result["status"] == "failed":
             print(f"  {result['label']}: FAILED {result['error']} (see error.txt in its folder)")
+        elif result["status"] == "waiting":
+            print(f"  {result['label']}: waiting, {result['error']}; a later run of the file starts it")
         else:
             print(f"  {result['label']}: {result['status']}, success {result.get('eval/success', float('nan')):.2f}")
 
@@ -346,7 +352,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
 
     if cfg.resume is None and not cfg.runs:
         raise SystemExit("robot-rl finetune: give --runs RUN [RUN ...] (offline cog/cql runs), or --resume RUN")
-    run = run_finetune(cfg)  # with --resume, the config comes from RUN/run.json (other flags are ignored)
+    run = run_finetune(cfg)  # with --resume, the config comes from RUN/run.json (but --threads, --progress)
     last = train_result(run)
     print(f"\nrun: {run}")
     if last:

@@ -21,6 +21,23 @@ run was first written (`out`) is not compared: a grid's folder copied elsewhere 
 trains on there, leaving the original as it was.
 `robot-rl report OUT` turns the folder into tables and plots.
 
+A `finetune` section adds online fine-tuning (`robot-rl finetune`) of the grid's own offline runs, after them:
+
+    finetune:
+      members: cog                # the method whose runs (every seed of the grid) join the ensemble
+      seeds: [0, 1, 2]            # fine-tuning seeds (default: the grid's)
+      base: {online_steps: 20000, eval_every: 2500, agent: {keep_cql: true}}   # FinetuneConfig fields
+      methods:
+        balanced: {}                              # balanced replay + the pessimistic Q-ensemble
+        single: {ensemble: false}                 # ablations
+        uniform: {replay: uniform}
+
+Every fine-tuning run gets OUT/<task>/finetune/<method>/seed<k>/. Its members are the task's `members` runs, the one
+trained with seed k first (so `ensemble: false` fine-tunes that one alone). A fine-tuning run starts once all its
+members are finished; one whose members are not (for example left out by `--only`) waits, and a later run of the
+file starts it. Fine-tuning runs resume from their checkpoints (with their online data) and are refused, like the
+offline ones, when the file asks for another config than they started with.
+
 With `workers` > 1 and no thread count set (in the file or by `threads`), the grid shares its cores (one per worker):
 each run starts with one thread, and once fewer runs are left than workers, every run still training takes an equal
 share of the freed cores at its next log row (so a 30k-step COG run beside a 3-minute BC run gets both cores
@@ -45,12 +62,16 @@ import yaml
 
 from robot_rl.data.episodes import DatasetError
 from robot_rl.runs import _jsonable, config_from_dict, software_versions
+from robot_rl.train.finetune import FINETUNABLE, FinetuneConfig, finetune
 from robot_rl.train.offline import OfflineConfig, train_offline, train_result
 
 EXECUTION_FIELDS = {"threads", "eval_workers", "progress"}
 """Run settings that say how a run uses the machine, not what it computes: a run may resume with others."""
-EXPERIMENT_KEYS = {"name", "out", "scale", "seeds", "workers", "base", "tasks", "methods", "datasets_root"}
+EXPERIMENT_KEYS = {"name", "out", "scale", "seeds", "workers", "base", "tasks", "methods", "datasets_root", "finetune"}
 TASK_KEYS = {"task", "prior", "config"}
+FINETUNE_KEYS = {"members", "seeds", "base", "methods"}
+FINETUNE_EXECUTION_FIELDS = {"threads", "progress", "out", "resume", "device"}
+"""Fine-tuning settings that do not change what a run computes (or where it was first written)."""
 
 
 class ExperimentError(ValueError):
@@ -72,6 +93,21 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class FinetuneCell:
+    """One fine-tuning run of the grid: its members are offline cells of the same task."""
+
+    task: str
+    method: str
+    seed: int
+    members: tuple[Cell, ...]
+    config: FinetuneConfig
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/finetune/{self.method}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     out: Path
@@ -85,6 +121,8 @@ class Experiment:
     source: dict[str, Any]
     share_cores: bool = False
     """Parallel runs with no thread count set: the cores of finished runs go to the runs still training."""
+    finetune_cells: tuple[FinetuneCell, ...] = ()
+    """Fine-tuning runs (the file's `finetune` section), run after the offline cells."""
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,7 +229,62 @@ def load_experiment(
     for entry in [*(_mapping(e, "").get("config") for e in tasks.values()), *methods.values()]:
         threads_set = threads_set or "threads" in _mapping(entry, "")  # (all read as mappings above)
     share = workers > 1 and not threads_set
-    return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share)
+    finetune_cells = _finetune_cells(path, raw, cells, out, workers, threads)
+    return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share, finetune_cells)
+
+
+def _finetune_cells(
+    path: Path, raw: Mapping[str, Any], cells: Sequence[Cell], out: Path, workers: int, threads: int | None
+) -> tuple[FinetuneCell, ...]:
+    """The fine-tuning runs of the file's `finetune` section (none without one), every config checked."""
+    if raw.get("finetune") is None:
+        return ()
+    where = f"{path}: finetune"
+    section = _mapping(raw["finetune"], where)
+    unknown = set(section) - FINETUNE_KEYS
+    if unknown:
+        raise ExperimentError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(FINETUNE_KEYS)}")
+    members = section.get("members")
+    member_cells = [c for c in cells if c.method == members]
+    if not member_cells:
+        raise ExperimentError(f"{where}.members: expected one of the grid's methods, got {members!r}")
+    if member_cells[0].config.algo not in FINETUNABLE:
+        raise ExperimentError(f"{where}.members: {members!r} trains {member_cells[0].config.algo!r}; fine-tuning "
+                              f"needs CQL critics and a SAC actor ({', '.join(FINETUNABLE)})")  # fmt: skip
+    seeds = section.get("seeds", sorted({c.seed for c in cells}))
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ExperimentError(f"{where}.seeds: expected a non-empty list of integers, got {seeds!r}")
+    base = _mapping(section.get("base"), f"{where}.base")
+    if workers > 1:  # runs share the cores, one each, unless the file says otherwise
+        base = _merge({"threads": 1}, base)
+    methods = _mapping(section.get("methods"), f"{where}.methods")
+    if not methods:
+        raise ExperimentError(f"{where}.methods: name at least one fine-tuning method")
+    taken = sorted(set(methods) & ({c.method for c in cells} | {c.task for c in cells}))
+    if taken:
+        raise ExperimentError(f"{where}.methods: {taken} already name the grid's offline methods or tasks")
+    tuned = []
+    for task in dict.fromkeys(c.task for c in member_cells):
+        of_task = [c for c in member_cells if c.task == task]
+        for method, entry in methods.items():
+            for seed in seeds:
+                label = f"{where}: {task}/finetune/{method}/seed{seed}"
+                # The member trained with this seed first: the single-agent ablation fine-tunes that one.
+                first = next((i for i, c in enumerate(of_task) if c.seed == seed), 0)
+                ordered = tuple(of_task[first:] + of_task[:first])
+                merged = _merge(base, _mapping(entry, f"{where}.methods.{method}"))
+                merged.update(runs=[str(c.config.out) for c in ordered], seed=seed, progress=False,
+                              out=str(out / task / "finetune" / str(method) / f"seed{seed}"))  # fmt: skip
+                if threads is not None:
+                    merged["threads"] = threads
+                try:
+                    config = config_from_dict(FinetuneConfig, merged, label)
+                except ValueError as e:
+                    raise ExperimentError(str(e)) from e
+                if config.resume is not None:
+                    raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
+                tuned.append(FinetuneCell(task, str(method), seed, ordered, config))
+    return tuple(tuned)
 
 
 def cell_status(cell: Cell) -> str:
@@ -222,6 +315,71 @@ def cell_status(cell: Cell) -> str:
     if (run / "metrics.jsonl").exists() and train_result(run).get("step") == cell.config.steps:
         return "done"
     return "partial" if (run / "checkpoints" / "latest").exists() else "new"
+
+
+def _differences(recorded: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Names of the settings where `recorded` differs from `wanted`; a setting `wanted` leaves None (resolved when the
+    run started, such as the members' discount) matches whatever was recorded."""
+    if isinstance(recorded, dict) and isinstance(wanted, dict):
+        return [d for k in sorted(set(recorded) | set(wanted))
+                for d in _differences(recorded.get(k), wanted.get(k), f"{prefix}{k}.")]  # fmt: skip
+    return [] if wanted is None or recorded == wanted else [prefix.rstrip(".")]
+
+
+def finetune_status(cell: FinetuneCell) -> str:
+    """'done' (evaluated at its last online step), 'partial' (has a checkpoint) or 'new'; an `ExperimentError` when the
+    run in the cell's folder was started with another config."""
+    run = cell.config.out
+    assert run is not None
+    if not (run / "run.json").exists():
+        return "new"
+    try:
+        record = json.loads((run / "run.json").read_text())
+        recorded = _jsonable(config_from_dict(FinetuneConfig, record["config"]))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ExperimentError(
+            f"{cell.label}: cannot read {run / 'run.json'} ({e!r}); move the folder away to start the run afresh"
+        ) from e
+    wanted = _jsonable(cell.config)
+    for config in (recorded, wanted):  # members by their place in a grid (task/method/seed), wherever it was copied
+        config["runs"] = [list(Path(r).parts[-3:]) for r in config["runs"]]
+        for key in FINETUNE_EXECUTION_FIELDS:
+            config.pop(key, None)
+    changed = _differences(recorded, wanted)
+    if changed:
+        raise ExperimentError(
+            f"{cell.label}: {run} was run with a different config ({', '.join(changed)} differ); move it away or "
+            "restore the experiment file"
+        )
+    result = train_result(run) if (run / "metrics.jsonl").exists() else {}
+    if result.get("online_steps", -1) >= cell.config.online_steps:
+        return "done"
+    return "partial" if (run / "checkpoints" / "latest").exists() else "new"
+
+
+def run_finetune_cell(cell: FinetuneCell) -> dict[str, Any]:
+    """Fine-tune one cell (resuming from its checkpoint); returns its last evaluation, why it waits, or the error."""
+    run = cell.config.out
+    assert run is not None
+    try:
+        status = finetune_status(cell)
+        if status == "done":
+            return {"label": cell.label, "status": "done", **train_result(run)}
+        unfinished = [m.label for m in cell.members if cell_status(m) != "done"]
+        if unfinished:
+            return {"label": cell.label, "status": "waiting", "error": f"its members {unfinished} are not finished"}
+        if status == "new" and run.exists():  # a start that died before its first checkpoint: start over
+            for name in ("metrics.jsonl", "error.txt"):
+                (run / name).unlink(missing_ok=True)
+        run.mkdir(parents=True, exist_ok=True)
+        record = {"task": cell.task, "method": cell.method, "seed": cell.seed, "kind": "finetune"}
+        (run / "cell.json").write_text(json.dumps(record, indent=2) + "\n")
+        finetune(dataclasses.replace(cell.config, resume=run if status == "partial" else None))
+        return {"label": cell.label, "status": "trained", **train_result(run)}
+    except Exception as e:  # as with offline runs: reported, left resumable, the grid goes on
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "error.txt").write_text(traceback.format_exc())
+        return {"label": cell.label, "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
 
 _SHARED: tuple[Any, int] | None = None
@@ -279,10 +437,11 @@ def select(experiment: Experiment, names: Sequence[str]) -> Experiment:
     cell. Only the datasets the chosen cells train on are collected. An unknown name is an `ExperimentError`."""
     if not names:
         return experiment
+    every: list[Cell | FinetuneCell] = [*experiment.cells, *experiment.finetune_cells]
     kinds = {
-        "task": {c.task for c in experiment.cells},
-        "method": {c.method for c in experiment.cells},
-        "seed": {f"seed{c.seed}" for c in experiment.cells},
+        "task": {c.task for c in every},
+        "method": {c.method for c in every},
+        "seed": {f"seed{c.seed}" for c in every},
     }
     unknown = sorted(set(names) - set().union(*kinds.values()))
     if unknown:
@@ -290,14 +449,16 @@ def select(experiment: Experiment, names: Sequence[str]) -> Experiment:
         raise ExperimentError(f"{experiment.name}: no task, method or seed named {unknown}; known: {known}")
     wanted = {kind: set(names) & values for kind, values in kinds.items()}
 
-    def chosen(cell: Cell) -> bool:
+    def chosen(cell: Cell | FinetuneCell) -> bool:
         keys = {"task": cell.task, "method": cell.method, "seed": f"seed{cell.seed}"}
         return all(not want or keys[kind] in want for kind, want in wanted.items())
 
     cells = tuple(c for c in experiment.cells if chosen(c))
-    used = {str(path) for c in cells for path in (c.config.task, c.config.prior) if path is not None}
+    tuned = tuple(c for c in experiment.finetune_cells if chosen(c))
+    offline = [*cells, *(m for c in tuned for m in c.members)]  # fine-tuning reads its members' datasets
+    used = {str(path) for c in offline for path in (c.config.task, c.config.prior) if path is not None}
     recipes = {folder: recipe for folder, recipe in experiment.recipes.items() if str(folder) in used}
-    return dataclasses.replace(experiment, cells=cells, recipes=recipes)
+    return dataclasses.replace(experiment, cells=cells, recipes=recipes, finetune_cells=tuned)
 
 
 def ensure_datasets(experiment: Experiment, workers: int | None = None, progress: bool = True) -> list[Path]:
@@ -322,36 +483,47 @@ def run_experiment(
     (experiment.out / "experiment.json").write_text(json.dumps(record, indent=2) + "\n")
     for cell in experiment.cells:
         cell_status(cell)  # refuse a changed config before any work starts
-    results = []
+    for tuned in experiment.finetune_cells:
+        finetune_status(tuned)
+    results: list[dict[str, Any]] = []
+
+    def collect(result: dict[str, Any]) -> None:
+        results.append(result)
+        if on_result:
+            on_result(result)
+
     if experiment.workers == 1:
         for cell in experiment.cells:
-            results.append(run_cell(cell))
-            if on_result:
-                on_result(results[-1])
+            collect(run_cell(cell))
+        for tuned in experiment.finetune_cells:  # after the offline runs they start from
+            collect(run_finetune_cell(tuned))
         return results
     context = multiprocessing.get_context("spawn")
     sharing: dict[str, Any] = {}
     if experiment.share_cores:
         unfinished = context.Value("i", len(experiment.cells))
         sharing = {"initializer": _share_cores, "initargs": (unfinished, experiment.workers)}
-    with ProcessPoolExecutor(experiment.workers, mp_context=context, **sharing) as pool:
-        for result in pool.map(run_cell, experiment.cells):
-            results.append(result)
-            if on_result:
-                on_result(result)
+    if experiment.cells:
+        with ProcessPoolExecutor(experiment.workers, mp_context=context, **sharing) as pool:
+            for result in pool.map(run_cell, experiment.cells):
+                collect(result)
+    if experiment.finetune_cells:
+        with ProcessPoolExecutor(experiment.workers, mp_context=context) as pool:
+            for result in pool.map(run_finetune_cell, experiment.finetune_cells):
+                collect(result)
     return results
 
 
 def describe(experiment: Experiment) -> str:
-    counts: dict[str, int] = {}
-    for cell in experiment.cells:
-        status = cell_status(cell)
-        counts[status] = counts.get(status, 0) + 1
-    tasks = sorted({c.task for c in experiment.cells})
-    methods = sorted({c.method for c in experiment.cells})
-    seeds = {c.seed for c in experiment.cells}
-    return (
-        f"experiment {experiment.name}: {len(tasks)} tasks x {len(methods)} methods x {len(seeds)} seeds "
-        f"= {len(experiment.cells)} runs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
-        f"{experiment.workers} at a time; output {experiment.out}"
-    )
+    def grid(cells: Sequence[Cell | FinetuneCell], status: Callable[[Any], str]) -> str:
+        counts: dict[str, int] = {}
+        for state in map(status, cells):
+            counts[state] = counts.get(state, 0) + 1
+        tasks, methods, seeds = ({getattr(c, k) for c in cells} for k in ("task", "method", "seed"))
+        return (f"{len(tasks)} tasks x {len(methods)} methods x {len(seeds)} seeds = {len(cells)} runs "
+                f"({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")  # fmt: skip
+
+    text = f"experiment {experiment.name}: {grid(experiment.cells, cell_status)}"
+    if experiment.finetune_cells:
+        text += f"; fine-tuning {grid(experiment.finetune_cells, finetune_status)}"
+    return f"{text}; {experiment.workers} at a time; output {experiment.out}"

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 import yaml
 
+from robot_rl.algos.pessimistic import PessimisticEnsemble
 from robot_rl.data.episodes import DatasetError
 from robot_rl.experiment import (
     ExperimentError,
     cell_status,
     describe,
     ensure_datasets,
+    finetune_status,
     load_experiment,
     run_experiment,
     select,
@@ -140,6 +142,12 @@ def test_parallel_runs_take_the_cores_of_finished_runs(datasets: dict[str, Path]
         ({"tasks": {"t": {"task": "no-such-recipe"}}}, "neither a dataset folder nor a recipe"),
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"workerz": 2}, "unknown keys ['workerz']"),
+        ({"finetune": {"members": "cogg", "methods": {"b": {}}}}, "finetune.members: expected one of the grid's"),
+        ({"finetune": {"members": "bc_all", "methods": {"b": {}}}}, "'bc_all' trains 'bc'; fine-tuning needs"),
+        ({"finetune": {"members": "cog", "methods": {"cog": {}}}}, "['cog'] already name the grid's offline"),
+        ({"finetune": {"members": "cog", "methods": {"b": {"replay": "prio"}}}}, "'prio' is not one of"),
+        ({"finetune": {"members": "cog", "methods": {"b": {"resume": "x"}}}}, "'resume' is not an experiment"),
+        ({"finetune": {"members": "cog", "method": {}}}, "unknown keys ['method']"),
     ],
 )
 def test_bad_experiment_files_are_refused_with_the_entry_named(
@@ -347,6 +355,82 @@ def test_a_failing_run_is_reported_and_the_grid_goes_on(datasets: dict[str, Path
     assert [r["status"] for r in results] == ["failed", "trained"]
     assert "needs a prior dataset" in results[0]["error"]
     assert (tmp_path / "out" / "closed_drawer" / "cog_without_prior" / "seed0" / "error.txt").exists()
+
+
+FINETUNE = {
+    "members": "cog",
+    "base": {"online_steps": 12, "max_episode_steps": 6, "first_batch": 6, "burst_updates": 2, "batch_size": 8,
+             "log_every": 6, "eval_every": 6, "eval_episodes": 1, "checkpoint_every": 6, "threads": 1,
+             "density_ratio": {"hidden": [16, 16], "online_batch_size": 8, "offline_batch_size": 8}},
+    "methods": {"balanced": {}, "single": {"ensemble": False}},
+}  # fmt: skip
+
+
+def test_a_finetune_section_tunes_the_grids_runs_after_them_resumes_and_reports(
+    datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    cog_only = {"cog": {"algo": "cog"}}
+    path = write_experiment(tmp_path / "e.yaml", datasets, out, methods=cog_only, finetune=FINETUNE)
+    exp = load_experiment(path)
+    assert [c.label for c in exp.finetune_cells] == [
+        f"closed_drawer/finetune/{m}/seed{k}" for m in ("balanced", "single") for k in (0, 1)
+    ]
+    cog = {c.seed: c.config.out for c in exp.cells if c.method == "cog"}
+    by_label = {c.label: c for c in exp.finetune_cells}
+    # Each seed's own COG run comes first: the single-agent ablation of seed 1 fine-tunes COG seed 1.
+    single1 = by_label["closed_drawer/finetune/single/seed1"].config
+    assert single1.runs == (cog[1], cog[0]) and not single1.ensemble and single1.seed == 1
+    assert by_label["closed_drawer/finetune/balanced/seed0"].config.runs == (cog[0], cog[1])
+    assert single1.out == out / "closed_drawer" / "finetune" / "single" / "seed1"
+
+    # Chosen alone, fine-tuning waits for members that are not trained, and trains nothing.
+    alone = select(exp, ["single"])
+    assert not alone.cells and len(alone.finetune_cells) == 2
+    assert [r["status"] for r in run_experiment(alone)] == ["waiting", "waiting"]
+    assert not (out / "closed_drawer" / "cog").exists()
+
+    # The whole grid, with the first fine-tuning run failing in its 4th update (after the checkpoint that follows
+    # the burst of 2): it is reported, the grid goes on, and the next run of the file resumes it.
+    original, calls = PessimisticEnsemble.update, {"n": 0}
+
+    def failing(self: PessimisticEnsemble, batch: Any) -> dict[str, float]:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated crash")
+        return original(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PessimisticEnsemble, "update", failing)
+        results = run_experiment(exp)
+    assert [r["status"] for r in results] == ["trained"] * 2 + ["failed"] + ["trained"] * 3
+    crashed = exp.finetune_cells[0]
+    assert finetune_status(crashed) == "partial"
+    saved = json.loads((crashed.config.out / "checkpoints" / "latest" / "finetune.json").read_text())
+    assert saved["counters"]["online_steps"] == 6  # the checkpoint after the burst
+
+    again = run_experiment(exp)
+    assert [r["status"] for r in again] == ["done"] * 2 + ["trained"] + ["done"] * 3
+    assert all(finetune_status(c) == "done" for c in exp.finetune_cells)
+    rows = read_metrics(crashed.config.out / "metrics.jsonl")
+    assert [r["online_steps"] for r in rows if "eval/success" in r] == [0, 6, 12]
+    cell = json.loads((crashed.config.out / "cell.json").read_text())
+    assert cell == {"task": "closed_drawer", "method": "balanced", "seed": 0, "kind": "finetune"}
+    assert "fine-tuning 1 tasks x 2 methods x 2 seeds = 4 runs (4 done)" in describe(exp)
+
+    tuned = [r for r in find_runs([out]) if r.kind == "finetune"]
+    assert sorted((r.method, r.seed) for r in tuned) == [("balanced", 0), ("balanced", 1), ("single", 0),
+                                                         ("single", 1)]  # fmt: skip
+    assert all(r.finished and [s for s, _ in r.curve] == [0, 6, 12] for r in tuned)
+    text = write_report([out], out / "report").read_text()
+    assert "| closed_drawer | balanced |" in text and "| closed_drawer | single |" in text
+
+    # Another fine-tuning setting is refused, naming it; a changed thread count is not a change.
+    changed = dict(FINETUNE, base={**FINETUNE["base"], "burst_updates": 3})  # type: ignore[dict-item]
+    with pytest.raises(ExperimentError, match="burst_updates differ"):
+        run_experiment(load_experiment(write_experiment(tmp_path / "e2.yaml", datasets, out, methods=cog_only,
+                                                        finetune=changed)))  # fmt: skip
+    assert all(finetune_status(c) == "done" for c in load_experiment(path, threads=2).finetune_cells)
 
 
 def test_mean_and_standard_error() -> None:

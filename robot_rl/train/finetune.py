@@ -146,8 +146,8 @@ class FinetuneConfig:
     density_ratio: DensityRatioConfig = field(default_factory=DensityRatioConfig)
     balanced: BalancedReplayConfig = field(default_factory=BalancedReplayConfig)
     resume: Path | None = None
-    """Continue this fine-tuning run folder from its checkpoint, with the config in its run.json (other flags are
-    ignored)."""
+    """Continue this fine-tuning run folder from its checkpoint, with the config in its run.json; of the other flags
+    only `threads` and `progress` (how the run uses the machine, not what it computes) apply."""
 
     def __post_init__(self) -> None:
         positive = {
@@ -536,7 +536,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     """Fine-tune online as configured (or continue `cfg.resume`); returns the run folder."""
     resume = cfg.resume
     if resume is not None:
-        cfg = recorded_config(resume)
+        cfg = dataclasses.replace(recorded_config(resume), threads=cfg.threads, progress=cfg.progress)
         if not (resume / "checkpoints" / "latest").is_dir():
             raise TrainingError(f"{resume}: no checkpoint yet; start the run again without resume")
     all_configs = check_runs(cfg.runs)  # every given run is checked, also those ensemble=False leaves out
