@@ -266,8 +266,8 @@ def _finetune_cells(
     tuned = []
     for task in dict.fromkeys(c.task for c in member_cells):
         of_task = [c for c in member_cells if c.task == task]
-        for method, entry in methods.items():
-            for seed in seeds:
+        for seed in seeds:  # seed by seed, so that a grid stopped part way has every method at its first seeds
+            for method, entry in methods.items():
                 label = f"{where}: {task}/finetune/{method}/seed{seed}"
                 # The member trained with this seed first: the single-agent ablation fine-tunes that one.
                 first = next((i for i, c in enumerate(of_task) if c.seed == seed), 0)

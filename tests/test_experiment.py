@@ -374,7 +374,7 @@ def test_a_finetune_section_tunes_the_grids_runs_after_them_resumes_and_reports(
     path = write_experiment(tmp_path / "e.yaml", datasets, out, methods=cog_only, finetune=FINETUNE)
     exp = load_experiment(path)
     assert [c.label for c in exp.finetune_cells] == [
-        f"closed_drawer/finetune/{m}/seed{k}" for m in ("balanced", "single") for k in (0, 1)
+        f"closed_drawer/finetune/{m}/seed{k}" for k in (0, 1) for m in ("balanced", "single")
     ]
     cog = {c.seed: c.config.out for c in exp.cells if c.method == "cog"}
     by_label = {c.label: c for c in exp.finetune_cells}
