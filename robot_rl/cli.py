@@ -283,6 +283,9 @@ class ExperimentCommand:
     threads: int | None = None
     """torch threads of every run, over the file (e.g. 1 when the grid shares the machine with other work). Thread
     counts may change between a run's start and its resumption."""
+    seeds: tuple[int, ...] | None = None
+    """Seeds instead of the file's, for its offline and fine-tuning runs (`--seeds 3 4 5` checks a result on seeds it
+    was not tuned on); the runs land beside the file's, in the same folders."""
     collect_workers: int | None = None
     """Worker processes for collecting missing datasets (default: one per core)."""
     report: bool = True
@@ -298,7 +301,7 @@ def experiment(cmd: ExperimentCommand) -> Path:
     from robot_rl.experiment import describe, ensure_datasets, load_experiment, run_experiment, select
     from robot_rl.report import write_report
 
-    exp = select(load_experiment(cmd.config, workers=cmd.workers, threads=cmd.threads), cmd.only)
+    exp = select(load_experiment(cmd.config, workers=cmd.workers, threads=cmd.threads, seeds=cmd.seeds), cmd.only)
     print(describe(exp))
     if cmd.dry_run:
         for cell in exp.cells:

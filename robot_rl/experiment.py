@@ -145,13 +145,18 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
 
 
 def load_experiment(
-    path: Path, recipes_dir: Path = Path("datasets/recipes"), workers: int | None = None, threads: int | None = None
+    path: Path,
+    recipes_dir: Path = Path("datasets/recipes"),
+    workers: int | None = None,
+    threads: int | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Experiment:
     """Read and check an experiment file: every run's config is built (and type-checked) here, before any work.
 
     `workers` replaces the file's; `threads` sets every run's torch threads, over the file (for a grid that shares
     the machine with other work). With more than one worker, runs the file gives no `threads` train with one
-    thread and evaluate in one process."""
+    thread and evaluate in one process. `seeds` replace the file's, for the offline runs and the fine-tuning runs
+    alike (to check a result on seeds it was not tuned on): the runs land beside the file's in the same folders."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -165,9 +170,15 @@ def load_experiment(
             raise ExperimentError(f"{path}: missing {key!r}")
     name = str(raw["name"])
     scale = str(raw.get("scale", "small"))
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds_given = seeds is not None
+    if seeds is not None:
+        seeds = list(seeds)
+        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ExperimentError(f"seeds must be distinct integers >= 0, got {seeds}")
+    else:
+        seeds = raw.get("seeds", [0])
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+            raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
     workers = raw.get("workers", 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ExperimentError(f"{path}: workers must be an integer >= 1, got {workers!r}")
@@ -229,14 +240,21 @@ def load_experiment(
     for entry in [*(_mapping(e, "").get("config") for e in tasks.values()), *methods.values()]:
         threads_set = threads_set or "threads" in _mapping(entry, "")  # (all read as mappings above)
     share = workers > 1 and not threads_set
-    finetune_cells = _finetune_cells(path, raw, cells, out, workers, threads)
+    finetune_cells = _finetune_cells(path, raw, cells, out, workers, threads, seeds if seeds_given else None)
     return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share, finetune_cells)
 
 
 def _finetune_cells(
-    path: Path, raw: Mapping[str, Any], cells: Sequence[Cell], out: Path, workers: int, threads: int | None
+    path: Path,
+    raw: Mapping[str, Any],
+    cells: Sequence[Cell],
+    out: Path,
+    workers: int,
+    threads: int | None,
+    seeds: Sequence[int] | None = None,
 ) -> tuple[FinetuneCell, ...]:
-    """The fine-tuning runs of the file's `finetune` section (none without one), every config checked."""
+    """The fine-tuning runs of the file's `finetune` section (none without one), every config checked; `seeds`
+    (the command line's) replace the section's."""
     if raw.get("finetune") is None:
         return ()
     where = f"{path}: finetune"
@@ -251,7 +269,7 @@ def _finetune_cells(
     if member_cells[0].config.algo not in FINETUNABLE:
         raise ExperimentError(f"{where}.members: {members!r} trains {member_cells[0].config.algo!r}; fine-tuning "
                               f"needs CQL critics and a SAC actor ({', '.join(FINETUNABLE)})")  # fmt: skip
-    seeds = section.get("seeds", sorted({c.seed for c in cells}))
+    seeds = list(seeds) if seeds is not None else section.get("seeds", sorted({c.seed for c in cells}))
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ExperimentError(f"{where}.seeds: expected a non-empty list of integers, got {seeds!r}")
     base = _mapping(section.get("base"), f"{where}.base")

@@ -366,6 +366,27 @@ FINETUNE = {
 }  # fmt: skip
 
 
+def test_seeds_from_the_command_line_replace_the_files_for_offline_and_finetuning_runs(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    """`--seeds 3 4` checks a result on seeds it was not tuned on: the ensemble is built from the new seeds' runs
+    only, beside the file's runs in the same folders; a section's own seeds give way too."""
+    out = tmp_path / "out"
+    section = {**FINETUNE, "seeds": [0]}
+    path = write_experiment(tmp_path / "e.yaml", datasets, out, methods={"cog": {"algo": "cog"}}, finetune=section)
+    assert [c.seed for c in load_experiment(path).finetune_cells] == [0, 0]
+    exp = load_experiment(path, seeds=[3, 4])
+    assert [c.label for c in exp.cells] == ["closed_drawer/cog/seed3", "closed_drawer/cog/seed4"]
+    assert exp.seeds == (3, 4) and exp.cells[0].config.out == out / "closed_drawer" / "cog" / "seed3"
+    cog = {c.seed: c.config.out for c in exp.cells}
+    by_label = {c.label: c.config for c in exp.finetune_cells}
+    assert sorted(by_label) == [f"closed_drawer/finetune/{m}/seed{k}" for m in ("balanced", "single") for k in (3, 4)]
+    assert by_label["closed_drawer/finetune/balanced/seed4"].runs == (cog[4], cog[3])
+    for bad in ([], [1, 1], [-1]):
+        with pytest.raises(ExperimentError, match="seeds must be distinct integers >= 0"):
+            load_experiment(path, seeds=bad)
+
+
 def test_a_finetune_section_tunes_the_grids_runs_after_them_resumes_and_reports(
     datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
