@@ -170,15 +170,12 @@ def load_experiment(
             raise ExperimentError(f"{path}: missing {key!r}")
     name = str(raw["name"])
     scale = str(raw.get("scale", "small"))
-    seeds_given = seeds is not None
-    if seeds is not None:
-        seeds = list(seeds)
-        if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-            raise ExperimentError(f"seeds must be distinct integers >= 0, got {seeds}")
-    else:
-        seeds = raw.get("seeds", [0])
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-            raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    override = None if seeds is None else list(seeds)  # the command line's, for the fine-tuning runs too
+    if override is not None and (not override or len(set(override)) != len(override) or min(override) < 0):
+        raise ExperimentError(f"seeds must be distinct integers >= 0, got {override}")
+    seeds = override if override is not None else raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ExperimentError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
     workers = raw.get("workers", 1) if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise ExperimentError(f"{path}: workers must be an integer >= 1, got {workers!r}")
@@ -240,7 +237,7 @@ def load_experiment(
     for entry in [*(_mapping(e, "").get("config") for e in tasks.values()), *methods.values()]:
         threads_set = threads_set or "threads" in _mapping(entry, "")  # (all read as mappings above)
     share = workers > 1 and not threads_set
-    finetune_cells = _finetune_cells(path, raw, cells, out, workers, threads, seeds if seeds_given else None)
+    finetune_cells = _finetune_cells(path, raw, cells, out, workers, threads, override)
     return Experiment(name, out, scale, tuple(seeds), workers, root, recipes, tuple(cells), raw, share, finetune_cells)
 
 
