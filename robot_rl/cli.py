@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tyro
 
@@ -232,6 +232,9 @@ class EvalCommand:
     episodes: int = 50
     workers: int = 2
     videos: int = 2
+    max_episode_steps: int | None = None
+    """Episode length (default: the initial condition's horizon). A longer one shows whether a policy that fails
+    there is slow rather than wrong; the figures the issues measure use the default."""
     out: Path | None = None
     """Where videos and results go (default: POLICY/../eval-<condition>)."""
 
@@ -246,9 +249,14 @@ def evaluate(cmd: EvalCommand) -> None:
     env_id = cmd.env_id or policy.info.get("env_id")
     if not isinstance(env_id, str):
         raise SystemExit(f"robot-rl eval: {cmd.policy} does not record the env it was trained in; give --env-id")
+    if cmd.max_episode_steps is not None and cmd.max_episode_steps < 1:
+        raise SystemExit(f"robot-rl eval: --max-episode-steps must be >= 1, got {cmd.max_episode_steps}")
+    env_kwargs: dict[str, Any] = {"image_size": cmd.image_size, "privileged_state": True}
+    if cmd.max_episode_steps is not None:
+        env_kwargs["max_episode_steps"] = cmd.max_episode_steps
     cfg = EvalConfig(
         env_id=env_id,
-        env_kwargs={"image_size": cmd.image_size, "privileged_state": True},
+        env_kwargs=env_kwargs,
         initial_condition=cmd.initial_condition,
         episodes=cmd.episodes,
         workers=cmd.workers,

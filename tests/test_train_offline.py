@@ -191,6 +191,14 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
     result = json.loads((out / "eval-closed" / "eval.json").read_text())
     assert result["eval/episodes"] == 2.0 and len(result["per_episode"]) == 2
     assert Policy.load(out / "policy").info["env_id"] == read_info(datasets["task"])[0].env_id  # what eval stepped
+    # A shorter horizon than the closed drawer's 50 steps ends every episode there (a 6-step policy succeeds in none).
+    main(["eval", str(out / "policy"), "--episodes", "2", "--workers", "1", "--max-episode-steps", "3", "--out",
+          str(tmp_path / "short")])  # fmt: skip
+    short = json.loads((tmp_path / "short" / "eval.json").read_text())
+    assert [e["steps"] for e in short["per_episode"]] == [3, 3]
+    assert [e["steps"] for e in result["per_episode"]] == [50, 50]
+    with pytest.raises(SystemExit, match="--max-episode-steps must be >= 1"):
+        main(["eval", str(out / "policy"), "--max-episode-steps", "0"])
 
 
 def test_eval_command_needs_an_env_id_for_a_policy_that_records_none(datasets: dict[str, Path], tmp_path: Path) -> None:
