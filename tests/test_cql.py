@@ -468,6 +468,37 @@ def test_the_averaged_actor_follows_the_polyak_rule_and_the_live_actor_trains_as
     assert not all(torch.equal(a, p) for a, p in zip(average, agent.actor.parameters(), strict=True))
 
 
+def test_the_actor_learning_rate_follows_a_cosine_from_the_warm_starts_end_to_zero() -> None:
+    cfg = CQLConfig(actor_lr=1e-3, bc_warm_start_steps=10, actor_lr_cosine_steps=30)
+    rates = [cql.actor_learning_rate(cfg, step) for step in (0, 9, 10, 20, 25, 30, 100)]
+    assert rates[:3] == [1e-3, 1e-3, 1e-3]  # the warm start, then the cosine's top
+    assert rates[3] == pytest.approx(0.5e-3) and rates[4] == pytest.approx(1e-3 * (1 + math.cos(0.75 * math.pi)) / 2)
+    assert rates[5] == pytest.approx(0.0, abs=1e-15) and rates[6] == pytest.approx(0.0, abs=1e-15)
+    assert cql.actor_learning_rate(dataclasses.replace(cfg, actor_lr_cosine_steps=0), 25) == 1e-3  # COG: constant
+
+
+def test_the_cosine_schedule_sets_the_actors_rate_and_freezes_it_at_the_end() -> None:
+    cfg = CQLConfig(hidden=(16, 16), actor_lr=1e-3, bc_warm_start_steps=1, actor_lr_cosine_steps=3)
+    torch.manual_seed(0)
+    agent = CQL(cfg, None, 3, 2)
+    logged = [agent.update(make_batch(8, state_dim=3, action_dim=2))["actor/lr"] for _ in range(3)]
+    assert logged == pytest.approx([1e-3, 1e-3, 0.5e-3])  # updates 0 (warm start), 1 (cosine start), 2 (midway)
+    before = [p.clone() for p in agent.actor.parameters()]
+    critic_before = [p.clone() for p in agent.q.parameters()]
+    assert agent.update(make_batch(8, state_dim=3, action_dim=2))["actor/lr"] == pytest.approx(0.0, abs=1e-15)
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.actor.parameters(), strict=True))  # rate 0
+    assert not all(torch.equal(a, b) for a, b in zip(critic_before, agent.q.parameters(), strict=True))  # critic on
+    assert "actor/lr" not in CQL(dataclasses.replace(cfg, actor_lr_cosine_steps=0), None, 3, 2).update(
+        make_batch(8, state_dim=3, action_dim=2)
+    )
+
+
+@pytest.mark.parametrize(("steps", "message"), [(-1, ">= 0"), (5, "above bc_warm_start_steps")])
+def test_bad_cosine_schedules_are_refused(steps: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CQL(CQLConfig(hidden=(4,), bc_warm_start_steps=5, actor_lr_cosine_steps=steps), None, 2, 1)
+
+
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
 def test_an_actor_average_rate_outside_0_1_is_refused(value: float) -> None:
     with pytest.raises(ValueError, match="actor_average"):

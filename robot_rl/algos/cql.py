@@ -98,6 +98,11 @@ class CQLConfig:
     rewards scaled to Q in [0, 100] and |Q| ~ 70, 0.05 weighs an advantage of 3.5 by e."""
     awr_max_weight: float = 100.0
     """Clip of the AWR weights exp(A / T), so that a few overestimated actions cannot take over the batch."""
+    actor_lr_cosine_steps: int = 0
+    """0 (COG): the actor's learning rate stays `actor_lr`. N > 0: after the BC warm start it follows a half cosine
+    from `actor_lr` down to 0 at update N (IQL's schedule, Kostrikov et al. 2021), then stays 0; set N to the run's
+    steps. An actor that follows a critic which keeps moving can lose what it had learnt late in a run; the
+    schedule lets it settle. The rate depends on the update count alone, so a resumed run takes up the same rates."""
     actor_average: float = 0.0
     """Polyak rate of a running average of the actor's weights (`CQL.actor_average`, updated after every actor
     step); when above 0, the averaged actor is the one evaluated and deployed (the live one is evaluated beside it).
@@ -117,8 +122,24 @@ def check_cql_config(cfg: CQLConfig) -> None:
         raise ValueError(f"awr_max_weight must be a finite number >= 1, got {cfg.awr_max_weight}")
     if not (math.isfinite(cfg.actor_average) and 0 <= cfg.actor_average <= 1):
         raise ValueError(f"actor_average must be a number in [0, 1], got {cfg.actor_average}")
+    if cfg.actor_lr_cosine_steps < 0:
+        raise ValueError(f"actor_lr_cosine_steps must be >= 0, got {cfg.actor_lr_cosine_steps}")
+    if 0 < cfg.actor_lr_cosine_steps <= cfg.bc_warm_start_steps:
+        raise ValueError(
+            f"actor_lr_cosine_steps ({cfg.actor_lr_cosine_steps}) must be above bc_warm_start_steps "
+            f"({cfg.bc_warm_start_steps}): the cosine runs from the end of the warm start"
+        )
     if cfg.lagrange and cfg.cql_weight <= 0:
         raise ValueError(f"cql_weight must be > 0 with lagrange (it is alpha'), got {cfg.cql_weight}")
+
+
+def actor_learning_rate(cfg: CQLConfig, step: int) -> float:
+    """The actor's learning rate at update `step` (0-based; see `CQLConfig.actor_lr_cosine_steps`)."""
+    start, end = cfg.bc_warm_start_steps, cfg.actor_lr_cosine_steps
+    if end <= 0 or step < start:
+        return cfg.actor_lr
+    progress = min(1.0, (step - start) / (end - start))
+    return cfg.actor_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def conservative_gap(
@@ -312,6 +333,9 @@ class CQL:
             )
         self.actor_optimizer.zero_grad(set_to_none=True)
         a_loss.backward()
+        if cfg.actor_lr_cosine_steps:
+            for group in self.actor_optimizer.param_groups:
+                group["lr"] = actor_learning_rate(cfg, self.steps)
         self.actor_optimizer.step()
         if self.actor_average is not None:
             polyak(self.actor_average, self.actor, cfg.actor_average)
@@ -332,4 +356,6 @@ class CQL:
 
         polyak(self.q_target, self.q, cfg.tau)
         self.steps += 1
+        if cfg.actor_lr_cosine_steps:
+            a_metrics["actor/lr"] = self.actor_optimizer.param_groups[0]["lr"]
         return {**metrics, "critic/loss": loss.item(), **a_metrics, **t_metrics}
