@@ -407,6 +407,7 @@ def export_policy(
     use_privileged: bool = False,
     info: Mapping[str, Any] | None = None,
     actor: TanhGaussianActor | None = None,
+    binary_actions: tuple[str, ...] = (),
 ) -> Policy:
     """The deployable policy of the agent's current actor (a copy), described by the env's spec record; `actor`
     exports another actor of the agent's architecture instead (e.g. `CQL.actor_average`).
@@ -415,7 +416,8 @@ def export_policy(
     names, scales and units, state and privileged names, image shape, control period. `use_privileged` says the
     agent was trained with the privileged state appended (`to_torch(use_privileged=True)`). `info` is recorded
     with the policy; the learner's step is added as "learner_steps". A fine-tuned ensemble exports all its actors
-    as one policy (`PolicySpec.members` = N) that acts with their moment-matched Gaussian.
+    as one policy (`PolicySpec.members` = N) that acts with their moment-matched Gaussian. `binary_actions` names
+    the action components the policy commands at +-1 when it acts deterministically (`PolicySpec.binary_actions`).
     """
     exported: TanhGaussianActor | EnsembleActor = agent.actor if actor is None else actor
     hidden, conv = actor_architecture(exported)
@@ -444,6 +446,7 @@ def export_policy(
             state_dim=exported.encoder.state_dim,
             action_dim=exported.action_dim,
             members=exported.members if isinstance(exported, EnsembleActor) else 1,
+            binary_actions=tuple(binary_actions),
         )
     except KeyError as e:
         raise ValueError(f"env_spec lacks {e}; pass the env's spec_record().to_dict()") from e

@@ -6,6 +6,7 @@ pybullet (the learning core reaches environments through gymnasium ids only).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -235,6 +236,9 @@ class EvalCommand:
     max_episode_steps: int | None = None
     """Episode length (default: the initial condition's horizon). A longer one shows whether a policy that fails
     there is slow rather than wrong; the figures the issues measure use the default."""
+    binary_actions: tuple[str, ...] | None = None
+    """Action components to command at +-1 by the sign of the mean (e.g. gripper; see `PolicySpec.binary_actions`),
+    over what the policy records; `--binary-actions` with no names evaluates the tanh of the mean everywhere."""
     out: Path | None = None
     """Where videos and results go (default: POLICY/../eval-<condition>)."""
 
@@ -263,7 +267,15 @@ def evaluate(cmd: EvalCommand) -> None:
         videos=cmd.videos,
     )
     out = cmd.out or cmd.policy.parent / f"eval-{cmd.initial_condition}"
-    result = evaluate_parallel(functools.partial(Policy.load, cmd.policy), cfg, out)
+    folder = cmd.policy
+    if cmd.binary_actions is not None and cmd.binary_actions != policy.spec.binary_actions:
+        try:
+            spec = dataclasses.replace(policy.spec, binary_actions=tuple(cmd.binary_actions))
+        except ValueError as error:
+            raise SystemExit(f"robot-rl eval: --binary-actions: {error}") from None
+        # The workers load what is evaluated; it is kept beside the results.
+        folder = Policy(spec, policy.actor, info=policy.info, versions=policy.versions).save(out / "policy")
+    result = evaluate_parallel(functools.partial(Policy.load, folder), cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     print(

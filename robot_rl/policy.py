@@ -102,6 +102,12 @@ class PolicySpec:
     members: int = 1
     """Actors in the policy: 1, or N for an ensemble (`EnsembleActor`) that acts with its members' moment-matched
     Gaussian (a pessimistic Q-ensemble's policy after fine-tuning)."""
+    binary_actions: tuple[str, ...] = ()
+    """Action components the robot treats as a two-way switch with a dead band (the gripper: closes at >= 0.5, opens
+    at <= -0.5, keeps its state between). The data command them at +-1; a Gaussian fitted to such a two-valued
+    command can put its mean in the dead band, where the gripper keeps its state, the observation stays the same and
+    so does the action, for the rest of the episode. Deterministic actions command these components at +-1 by the
+    sign of the mean: the more probable of the two commands. Empty (COG): the tanh of the mean everywhere."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,6 +127,11 @@ class PolicySpec:
                 f"action_dim {self.action_dim} needs as many action names ({len(self.action_names)}), "
                 f"scales ({len(self.action_scales)}) and units ({len(self.action_units)})"
             )
+        unknown = [name for name in self.binary_actions if name not in self.action_names]
+        if unknown or len(set(self.binary_actions)) != len(self.binary_actions):
+            problems.append(
+                f"binary_actions must be distinct action names {self.action_names}, got {self.binary_actions}"
+            )
         if self.image_shape is None and self.state_dim == 0:
             problems.append("a policy needs an image or a state to observe")
         if self.preprocessing != PREPROCESSING:
@@ -138,8 +149,10 @@ class PolicySpec:
         """Parse and check a spec read from JSON; anything missing, unknown or mistyped is a `CheckpointError`."""
         fields = {f.name for f in dataclasses.fields(cls)}
         conv_fields = {f.name for f in dataclasses.fields(ConvConfig)}
-        # Policies written before ensembles existed have no "members": a single actor.
-        _check_keys(data, fields if not isinstance(data, dict) or "members" in data else fields - {"members"}, source)
+        # Policies written before ensembles existed have no "members" (a single actor), those written before
+        # binary actions no "binary_actions" (none).
+        optional = {"members", "binary_actions"}
+        _check_keys(data, fields - (optional - data.keys()) if isinstance(data, dict) else fields, source)
         _check_keys(data["conv"], conv_fields, f"{source}: conv")
         try:
             conv = data["conv"]
@@ -163,6 +176,7 @@ class PolicySpec:
                 action_dim=_typed(data["action_dim"], int),
                 preprocessing=_typed(data["preprocessing"], str),
                 members=_typed(data.get("members", 1), int),
+                binary_actions=_tuple(data.get("binary_actions", []), str),
             )
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: {e}") from e
@@ -397,11 +411,13 @@ class Policy:
             check_tensors("actor", weights, built.state_dict())
             built.load_state_dict(weights)
         self.actor = built.to(self.device).eval().requires_grad_(False)
+        self._binary = [spec.action_names.index(name) for name in spec.binary_actions]
 
     # -- acting --------------------------------------------------------------------------------------------------
     def act(self, observation: Mapping[str, NDArray[Any]], deterministic: bool = True) -> NDArray[np.float32]:
         """The action (A,) float32 in [-1, 1] for ONE observation: "image" (H, W, C) uint8, "state" (S,) float,
-        "privileged" (P,) float if the spec uses it (other keys are ignored). Deterministic: tanh of the mean."""
+        "privileged" (P,) float if the spec uses it (other keys are ignored). Deterministic: tanh of the mean (+-1
+        by its sign for the spec's `binary_actions`)."""
         action: NDArray[np.float32] = self._act(observation, deterministic, batched=False)[0]
         return action
 
@@ -419,6 +435,9 @@ class Policy:
                 action = actor.deterministic(features) if deterministic else actor.sample(features, 1)[0][:, 0]
             else:  # an EnsembleActor (spec.members > 1): tanh of the moment-matched mean, or a sample of it
                 action = actor.act(image, state, deterministic)
+        if deterministic and self._binary:
+            action = action.clone()
+            action[:, self._binary] = torch.where(action[:, self._binary] >= 0, 1.0, -1.0).to(action.dtype)
         out: NDArray[np.float32] = action.cpu().numpy().astype(np.float32, copy=False)
         if not np.isfinite(out).all():  # unreachable with finite weights and inputs; the robot must never get NaN
             raise RuntimeError("the policy produced non-finite actions")

@@ -524,6 +524,48 @@ def test_exported_policy_acts_as_the_learners_actor_after_save_and_load(tmp_path
     np.testing.assert_array_equal(loaded.act_batch(observations, deterministic=False), sampled)
 
 
+def test_binary_actions_are_commanded_at_plus_or_minus_one_by_the_sign_of_the_mean(tmp_path: Path) -> None:
+    data = FakeData("state")
+    agent = make_agent("state", 0)
+    train(agent, data, np.random.default_rng(0), torch.Generator(), 2)
+    observations = data.policy_observations()
+    plain = export_policy(agent, ENV_SPEC).act_batch(observations)
+    assert np.all(np.abs(plain[:, 4]) < 1)  # an untrained actor's tanh means
+    folder = export_policy(agent, ENV_SPEC, binary_actions=("gripper",)).save(tmp_path / "binary")
+    loaded = Policy.load(folder)
+    assert loaded.spec.binary_actions == ("gripper",)
+    assert json.loads((folder / POLICY_JSON).read_text())["spec"]["binary_actions"] == ["gripper"]
+    actions = loaded.act_batch(observations)
+    np.testing.assert_array_equal(actions[:, 4], np.where(plain[:, 4] >= 0, 1.0, -1.0))
+    np.testing.assert_allclose(actions[:, :4], plain[:, :4], rtol=0, atol=1e-6)  # the other components as before
+    single = loaded.act({key: value[1] for key, value in observations.items()})
+    assert single[4] == (1.0 if plain[1, 4] >= 0 else -1.0)
+    torch.manual_seed(3)
+    sampled = loaded.act_batch(observations, deterministic=False)
+    assert not np.all(np.abs(sampled[:, 4]) == 1)  # samples are left as drawn
+    with pytest.raises(ValueError, match="binary_actions must be distinct action names"):
+        export_policy(agent, ENV_SPEC, binary_actions=("grip",))
+
+
+def test_a_policy_saved_before_binary_actions_loads_without_them(tmp_path: Path) -> None:
+    _, folder = saved_policy(tmp_path, "state")
+
+    def drop(record: dict[str, Any]) -> dict[str, Any]:
+        del record["spec"]["binary_actions"]
+        return record
+
+    rewrite_json(folder / POLICY_JSON, drop)
+    assert Policy.load(folder).spec.binary_actions == ()
+
+    def misspell(record: dict[str, Any]) -> dict[str, Any]:
+        record["spec"]["binary_actions"] = ["claw"]
+        return record
+
+    rewrite_json(folder / POLICY_JSON, misspell)
+    with pytest.raises(CheckpointError, match="binary_actions must be distinct action names"):
+        Policy.load(folder)
+
+
 def test_policy_json_records_the_spec_for_the_robot_side(tmp_path: Path) -> None:
     _, folder = saved_policy(tmp_path)
     record = json.loads((folder / POLICY_JSON).read_text())

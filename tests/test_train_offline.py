@@ -199,6 +199,28 @@ def test_train_and_eval_commands(datasets: dict[str, Path], tmp_path: Path, caps
     assert [e["steps"] for e in result["per_episode"]] == [50, 50]
     with pytest.raises(SystemExit, match="--max-episode-steps must be >= 1"):
         main(["eval", str(out / "policy"), "--max-episode-steps", "0"])
+    # --binary-actions evaluates (and keeps beside the results) the policy with the gripper commanded at +-1.
+    main(["eval", str(out / "policy"), "--episodes", "1", "--workers", "1", "--binary-actions", "gripper", "--out",
+          str(tmp_path / "binary")])  # fmt: skip
+    assert Policy.load(tmp_path / "binary" / "policy").spec.binary_actions == ("gripper",)
+    assert Policy.load(out / "policy").spec.binary_actions == ()  # the run's own policy is left as it was
+    with pytest.raises(SystemExit, match="binary_actions must be distinct action names"):
+        main(["eval", str(out / "policy"), "--binary-actions", "claw", "--out", str(tmp_path / "claw")])
+
+
+def test_a_run_with_binary_actions_exports_and_evaluates_policies_that_command_them_at_plus_or_minus_one(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    run = train_offline(config(datasets, tmp_path / "binary", steps=2, log_every=1, binary_actions=("gripper",)))
+    policy = Policy.load(run / "policy")
+    assert policy.spec.binary_actions == ("gripper",)
+    task = load_dataset(datasets["task"], keys=("state", "privileged"))
+    assert task.privileged is not None
+    obs = {"state": task.states[:4], "privileged": task.privileged[:4]}
+    assert set(np.abs(policy.act_batch(obs)[:, 4]).tolist()) == {1.0}
+    with pytest.raises(TrainingError, match=r"binary_actions \['claw'\] are not action names"):
+        train_offline(config(datasets, tmp_path / "claw", binary_actions=("claw",)))
+    assert not (tmp_path / "claw" / "checkpoints").exists()  # refused before training
 
 
 def test_eval_command_needs_an_env_id_for_a_policy_that_records_none(datasets: dict[str, Path], tmp_path: Path) -> None:

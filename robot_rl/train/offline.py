@@ -117,6 +117,9 @@ class OfflineConfig:
     """Initial condition to evaluate from; default: the task's hard one (closed drawer, ... object on table)."""
     eval_workers: int = 2
     eval_videos: int = 2
+    binary_actions: tuple[str, ...] = ()
+    """Action components the exported policies command at +-1 by the sign of their mean when acting
+    deterministically (`PolicySpec.binary_actions`; e.g. gripper). Empty (COG): the tanh of the mean."""
     checkpoint_every: int = 10_000
     log_every: int = 100
     out: Path | None = None
@@ -297,6 +300,9 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
     if resume is not None:
         extra = load_learner(checkpoint, agent)
         rng, generator, start = extra["rng"], extra["augment_generator"], int(extra["step"])
+    names = tuple(task.info.env_spec.get("action_names", ()))
+    if unknown := [name for name in cfg.binary_actions if name not in names]:
+        raise TrainingError(f"binary_actions {unknown} are not action names of the data {names}")
     condition = eval_condition(cfg.eval_condition, task.info.recipe.get("task"))
     eval_cfg = EvalConfig(
         env_id=task.info.env_id,
@@ -320,15 +326,19 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
         with torch.random.fork_rng(devices=[]):
             deployed = agent.deployed_actor if isinstance(agent, CQL) else None
             trained_in = {"env_id": task.info.env_id}  # what `robot-rl eval` steps it in by default
+            binary = cfg.binary_actions
             policy = export_policy(
-                agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, actor=deployed
-            )
+                agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, actor=deployed,
+                binary_actions=binary,
+            )  # fmt: skip
             policy.save(run / "policies" / f"step{step}")
             folder = policy.save(run / "policy")
             result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
             summary = result.summary()
             if average:
-                live = export_policy(agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in)
+                live = export_policy(
+                    agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, binary_actions=binary
+                )
                 live_folder = live.save(run / "policies" / f"step{step}-live")
                 live_result = evaluate_parallel(functools.partial(Policy.load, live_folder), eval_cfg, None)
                 summary |= {k.replace("eval/", "eval_live/", 1): v for k, v in live_result.summary().items()}
