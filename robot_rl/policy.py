@@ -436,7 +436,7 @@ class Policy:
             else:  # an EnsembleActor (spec.members > 1): tanh of the moment-matched mean, or a sample of it
                 action = actor.act(image, state, deterministic)
         if deterministic and self._binary:
-            action = action.clone()
+            action = action.clone()  # an inference tensor: it cannot be set in place outside inference_mode
             action[:, self._binary] = torch.where(action[:, self._binary] >= 0, 1.0, -1.0).to(action.dtype)
         out: NDArray[np.float32] = action.cpu().numpy().astype(np.float32, copy=False)
         if not np.isfinite(out).all():  # unreachable with finite weights and inputs; the robot must never get NaN
