@@ -18,7 +18,7 @@ success and ranks the alternatives within its own TD error, fails because its cr
 there, not because the actor cannot reach the critic's choice. Each episode ends with one summary line. Torch runs
 on one thread, as the evaluation workers do.
 
-    python experiments/critic_probe.py RUN [--episodes 0 1 2] [--initial-condition NAME] [--every 1]
+    python experiments/critic_probe.py RUN [--episodes 0 1 2] [--initial-condition NAME] [--every 1] [--binary-gripper]
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def alternatives(action: np.ndarray, offset: np.ndarray) -> np.ndarray:
     return np.stack([action, close, opened, aimed, rise]).astype(np.float32)
 
 
-def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: int) -> None:
+def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: int, binary_gripper: bool) -> None:
     obs, _ = env.reset(seed=seed, options={"initial_condition": condition})
     scene_env: Any = env.unwrapped
     actor = agent.deployed_actor
@@ -75,6 +75,8 @@ def probe(agent: CQL, env: gym.Env[Any, Any], seed: int, condition: str, every: 
         offset = before.tcp - before.object_pos
         with torch.inference_mode():
             action = actor.deterministic(actor.encode(None, state)).numpy()[0]
+            if binary_gripper:  # as `robot-rl eval --binary-actions gripper`
+                action[-1] = 1.0 if action[-1] >= 0 else -1.0
             candidates = torch.as_tensor(alternatives(action, offset))[None]  # (1, 5, A)
             q = agent.q.q(agent.q.encode(None, state), candidates).min(0).values[0].numpy()  # (5,)
         obs, _, terminated, truncated, info = env.step(action)
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, nargs="+", default=[0], help="evaluation episode indices")
     parser.add_argument("--initial-condition", help="default: the one the run evaluates from")
     parser.add_argument("--every", type=int, default=1, help="print every k-th step (and the last)")
+    parser.add_argument("--binary-gripper", action="store_true", help="command the gripper at +-1 by its sign")
     args = parser.parse_args()
     if args.every < 1 or min(args.episodes) < 0:
         parser.error("--every must be >= 1 and --episodes non-negative")
@@ -113,7 +116,7 @@ def main() -> None:
     if condition not in conditions:
         parser.error(f"--initial-condition {condition!r} is not one of {info.env_id}'s {conditions}")
     for i in args.episodes:
-        probe(agent, env, EVAL_SEED + i, condition, args.every)
+        probe(agent, env, EVAL_SEED + i, condition, args.every, args.binary_gripper)
     env.close()
 
 
