@@ -50,15 +50,21 @@ def main() -> None:
     parser.add_argument("--binary-actions", nargs="*", help="step with these components at +-1 (as robot-rl eval)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    policy = Policy.load(args.policy)
-    if args.binary_actions is not None:
-        policy = Policy(dataclasses.replace(policy.spec, binary_actions=tuple(args.binary_actions)), policy.actor)
+    try:  # a missing or damaged folder (CheckpointError is a ValueError), or --binary-actions it does not have
+        policy = Policy.load(args.policy)
+        if args.binary_actions is not None:
+            policy = Policy(dataclasses.replace(policy.spec, binary_actions=tuple(args.binary_actions)), policy.actor)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     if args.component not in policy.spec.action_names:
         parser.error(f"--component {args.component!r} is not one of {policy.spec.action_names}")
     if args.steps < 1 or min(args.episodes) < 0:
         parser.error("--steps must be >= 1 and --episodes non-negative")
     env_id = policy.info.get("env_id", "robot_rl/Drawer-v1")
     env = gym.make(env_id, privileged_state=True, include_image=policy.spec.image_shape is not None)
+    conditions: tuple[str, ...] = env.unwrapped.scene.initial_conditions  # type: ignore[attr-defined]
+    if args.initial_condition not in conditions:
+        parser.error(f"--initial-condition {args.initial_condition!r} is not one of {env_id}'s {conditions}")
     component = policy.spec.action_names.index(args.component)
     for i in args.episodes:
         commands = first_commands(policy, env, EVAL_SEED + i, args.initial_condition, component, args.steps)
