@@ -23,8 +23,7 @@ import torch
 
 import sim_envs  # noqa: F401  (registers the environments)
 from robot_rl.policy import Policy
-
-EVAL_SEED = 1_000_000
+from robot_rl.train.evaluate import EVAL_SEED
 
 
 def first_commands(policy: Policy, env: gym.Env, seed: int, condition: str, component: int, steps: int) -> list[float]:

@@ -16,25 +16,17 @@ from robot_rl.checkpoints import export_policy
 from robot_rl.policy import Policy
 
 ScriptLoader = Callable[[str], ModuleType]  # conftest's `experiment_script` fixture
-ENV_SPEC = {
-    "action_names": ["dx", "dy", "dz", "dyaw", "gripper"],
-    "action_scales": [0.03, 0.03, 0.03, 0.25, 1.0],
-    "action_units": ["m/step", "m/step", "m/step", "rad/step", "command"],
-    "control_period_s": 0.1,
-    "image_shape": None,
-    "state_names": ["tcp_x", "tcp_y", "tcp_z", "yaw", "gripper_opening"],
-    "privileged_names": [],
-}
 
 
 def test_the_commands_are_the_means_along_the_binary_rollout(tmp_path: Path, experiment_script: ScriptLoader) -> None:
-    torch.manual_seed(0)
-    agent = CQL(CQLConfig(hidden=(8,)), None, 5, 5)
-    folder = export_policy(agent, ENV_SPEC, binary_actions=("gripper",)).save(tmp_path / "policy")
-    policy = Policy.load(folder)
-    plain = Policy(dataclasses.replace(policy.spec, binary_actions=()), policy.actor)
     env = gym.make("robot_rl/Drawer-v1", privileged_state=True, include_image=False)
     try:
+        torch.manual_seed(0)
+        agent = CQL(CQLConfig(hidden=(8,)), None, 5, 5)  # the env's 5 state and 5 action components
+        env_spec = env.unwrapped.spec_record().to_dict()  # type: ignore[attr-defined]
+        folder = export_policy(agent, env_spec, binary_actions=("gripper",)).save(tmp_path / "policy")
+        policy = Policy.load(folder)
+        plain = Policy(dataclasses.replace(policy.spec, binary_actions=()), policy.actor)
         commands = experiment_script("first_actions").first_commands(policy, env, 1_000_000, "closed", 4, 5)
         assert len(commands) == 5
         # Replay the same episode: each command is the mean's gripper component at the state the +-1 policy reached.
