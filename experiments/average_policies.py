@@ -9,7 +9,8 @@ to different ones (the average then fails). The result is an ordinary policy fol
 
     python experiments/average_policies.py RUN OUT 30000 35000 40000
 
-The policies must share one spec (architecture, observation, state statistics); anything else is refused.
+The policies must share one spec (architecture, observation, state statistics); anything else is refused. Training
+does this itself with `average_exports` (`OfflineConfig`): the run then deploys and evaluates the average.
 """
 
 from __future__ import annotations
@@ -17,31 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from robot_rl.policy import Policy
-
-
-def average_policies(folders: list[Path]) -> Policy:
-    """The first policy with every floating-point tensor replaced by the mean over all of them (float64 sums)."""
-    if not folders:
-        raise ValueError("no policies to average")
-    policies = [Policy.load(folder) for folder in folders]
-    spec = policies[0].spec.to_dict()
-    for folder, policy in zip(folders[1:], policies[1:], strict=True):
-        if policy.spec.to_dict() != spec:
-            raise ValueError(f"{folder} has another spec than {folders[0]}; only one run's policies can be averaged")
-    states = [policy.actor.state_dict() for policy in policies]
-    mean = {
-        key: torch.stack([s[key].double() for s in states]).mean(dim=0).to(value.dtype)
-        if value.is_floating_point()
-        else value
-        for key, value in states[0].items()
-    }
-    out = policies[0]
-    out.actor.load_state_dict(mean)
-    out.info = {**out.info, "averaged_from": [str(folder) for folder in folders]}
-    return out
+from robot_rl.policy import Policy, average_policies
 
 
 def main() -> None:
@@ -54,7 +31,11 @@ def main() -> None:
     missing = [str(folder) for folder in folders if not folder.is_dir()]
     if missing:
         parser.error(f"no exported policy at {', '.join(missing)}")
-    print(average_policies(folders).save(args.out))
+    try:
+        average = average_policies([Policy.load(f) for f in folders], {"averaged_from": [str(f) for f in folders]})
+    except ValueError as error:
+        parser.error(str(error))
+    print(average.save(args.out))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -539,3 +539,32 @@ class Policy:
         check_tensors(str(folder / POLICY_WEIGHTS), tensors, actor.state_dict())
         actor.load_state_dict(tensors)
         return cls(spec, actor, info=record["info"], versions=record["versions"], device=device)
+
+
+def average_policies(policies: Sequence[Policy], info: Mapping[str, Any] | None = None) -> Policy:
+    """Checkpoint averaging: a policy whose every floating-point tensor is the uniform mean (summed in float64) of
+    `policies`' tensors, with the last one's spec, versions and info (updated with `info`).
+
+    The policies must share one spec (architecture, observation names, binary actions); in practice they are
+    exports of one run, whose standardisation statistics are the same, so those average to themselves.
+    """
+    if not policies:
+        raise ValueError("no policies to average")
+    last = policies[-1]
+    spec = last.spec.to_dict()
+    for i, policy in enumerate(policies):
+        if policy.spec.to_dict() != spec:
+            raise ValueError(
+                f"policy {i} of {len(policies)} has another spec than the last one; only exports of one run (one "
+                f"architecture, observation and action layout) can be averaged"
+            )
+    states = [policy.actor.state_dict() for policy in policies]
+    mean = {
+        key: torch.stack([s[key].double() for s in states]).mean(dim=0).to(value.dtype)
+        if value.is_floating_point()
+        else value
+        for key, value in states[-1].items()
+    }
+    actor = last.spec.build_actor()
+    actor.load_state_dict(mean)
+    return Policy(last.spec, actor, info={**last.info, **(info or {})}, versions=last.versions, device=last.device)

@@ -54,6 +54,9 @@ class RunSummary:
     live_curve: list[tuple[int, float]] = field(default_factory=list)
     """(step, eval success) of the live actor at every evaluation, in runs that deploy an averaged actor (eval/* is
     the average there, eval_live/* the live actor on the same episodes); empty for the others."""
+    export_curve: list[tuple[int, float]] = field(default_factory=list)
+    """(step, eval success) of the latest export alone at every evaluation, in runs that deploy the average of their
+    last exports (`average_exports`: eval/* is the average, eval_export/* the export on the same episodes)."""
 
     @property
     def initial(self) -> float | None:
@@ -136,6 +139,7 @@ def _summarise_run(folder: Path, record: dict[str, Any], kind: str) -> RunSummar
         kind=kind,
         reached={k.removeprefix("eval/reached/"): float(v) for k, v in last.items() if k.startswith("eval/reached/")},
         live_curve=[(int(r["step"]), float(r["eval_live/success"])) for r in evals if "eval_live/success" in r],
+        export_curve=[(int(r["step"]), float(r["eval_export/success"])) for r in evals if "eval_export/success" in r],
     )
 
 
@@ -266,27 +270,29 @@ def _milestone_section(runs: Sequence[RunSummary]) -> list[str]:
             "| task | method | milestones |", "|---|---|---|", *rows, ""]  # fmt: skip
 
 
-def _live_section(runs: Sequence[RunSummary]) -> list[str]:
-    """Runs that deploy an averaged actor: its final success beside the live actor's (same episodes), and the
-    deployed-minus-live difference over every evaluation of every seed, with how many evaluations each side won; an
-    empty list when no finished run evaluated a live actor."""
+def _beside_section(runs: Sequence[RunSummary], beside: str, title: str, columns: tuple[str, str]) -> list[str]:
+    """Runs that evaluate another policy beside the deployed one on the same episodes (`beside`: the RunSummary
+    curve of it, live_curve or export_curve): the final success of each, and the deployed-minus-other difference
+    over every evaluation of every seed, with how many evaluations each side won; an empty list when no finished
+    run has such a curve."""
     rows = []
     for task, method in sorted({(r.task, r.method) for r in runs}, key=lambda k: (k[0], _method_order(k[1]))):
-        group = [r for r in runs if r.task == task and r.method == method and r.finished and r.live_curve]
+        group = [r for r in runs if r.task == task and r.method == method and r.finished and getattr(r, beside)]
         if not group:
             continue
-        pairs = [(v, live[s]) for r in group for s, v in r.curve if s in (live := dict(r.live_curve))]
+        pairs = [(v, other[s]) for r in group for s, v in r.curve if s in (other := dict(getattr(r, beside)))]
         diffs = [a - b for a, b in pairs]
         ahead, behind = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
         rows.append(
             f"| {task} | {method} | {_cell([r.success for r in group if r.success is not None])} | "
-            f"{_cell([r.live_curve[-1][1] for r in group])} | {_cell(diffs)} | {ahead} / {behind} / "
+            f"{_cell([getattr(r, beside)[-1][1] for r in group])} | {_cell(diffs)} | {ahead} / {behind} / "
             f"{len(diffs) - ahead - behind} |"
         )
     if not rows:
         return []
-    return ["## Averaged actor against the live actor (same evaluation episodes)", "",
-            "| task | method | deployed (average), final | live, final | deployed − live, every evaluation | "
+    deployed, name = columns
+    return [f"## {title} (same evaluation episodes)", "",
+            f"| task | method | {deployed}, final | {name}, final | deployed − {name}, every evaluation | "
             "evaluations deployed ahead / behind / tied |",
             "|---|---|---|---|---|---|", *rows, ""]  # fmt: skip
 
@@ -338,7 +344,10 @@ def write_report(paths: Sequence[Path], out: Path) -> Path:
         markdown_table(runs, "ever_success"),
         "",
         *_milestone_section(runs),
-        *_live_section(runs),
+        *_beside_section(runs, "live_curve", "Averaged actor against the live actor", ("deployed (average)", "live")),
+        *_beside_section(
+            runs, "export_curve", "Averaged exports against the latest export", ("deployed (average)", "export")
+        ),
         *_finetune_section(runs),
         "## Plots",
         "",

@@ -515,21 +515,24 @@ def test_the_shipped_experiment_files_load(path: Path) -> None:
     assert exp.cells and all(cell.config.algo in ("cog", "cql", "bc", "sac") for cell in exp.cells)
 
 
-def test_the_report_sets_an_averaged_actor_beside_the_live_one() -> None:
-    from robot_rl.report import RunSummary, _live_section
+@pytest.mark.parametrize("beside", ["live_curve", "export_curve"])
+def test_the_report_sets_a_deployed_average_beside_what_it_averages(beside: str) -> None:
+    from robot_rl.report import RunSummary, _beside_section
 
-    def run(seed: int, curve: list[tuple[int, float]], live: list[tuple[int, float]]) -> RunSummary:
+    def run(seed: int, curve: list[tuple[int, float]], other: list[tuple[int, float]]) -> RunSummary:
         return RunSummary(Path(f"s{seed}"), "closed_drawer", "cog_avg", seed, 30, True, curve[-1][1], None, 50,
-                          curve=curve, live_curve=live)  # fmt: skip
+                          curve=curve, **{beside: other})  # type: ignore[arg-type]  # fmt: skip
 
     a = run(0, [(10, 0.2), (20, 0.5), (30, 0.8)], [(10, 0.2), (20, 0.7), (30, 0.6)])
     b = run(1, [(10, 0.0), (20, 0.4), (30, 0.9)], [(10, 0.1), (20, 0.1), (30, 0.5)])
-    plain = run(2, [(10, 0.0), (20, 0.1), (30, 0.3)], [])  # no live actor: left out
-    rows = [line for line in _live_section([a, b, plain]) if line.startswith("| closed_drawer")]
+    plain = run(2, [(10, 0.0), (20, 0.1), (30, 0.3)], [])  # nothing evaluated beside it: left out
+    lines = _beside_section([a, b, plain], beside, "Title", ("deployed (average)", "other"))
+    assert lines[0] == "## Title (same evaluation episodes)" and "| other, final |" in lines[2]
+    rows = [line for line in lines if line.startswith("| closed_drawer")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[2] == "0.85 ± 0.05 (n=2)" and cells[3] == "0.55 ± 0.05 (n=2)"
     diffs = [0.0, -0.2, 0.2, -0.1, 0.3, 0.4]
     mean, se = mean_se(diffs)
     assert cells[4] == f"{mean:.2f} ± {se:.2f} (n=6)" and cells[5] == "3 / 2 / 1"
-    assert _live_section([plain]) == []
+    assert _beside_section([plain], beside, "Title", ("a", "b")) == []

@@ -276,6 +276,36 @@ def test_an_averaged_actor_is_the_deployed_policy_and_the_live_one_is_evaluated_
     assert not torch.equal(stats["state_std"], torch.ones_like(stats["state_std"]))  # standardised like the actor
 
 
+def test_averaged_exports_are_the_deployed_policy_and_the_latest_export_is_evaluated_beside_it(
+    datasets: dict[str, Path], tmp_path: Path
+) -> None:
+    run = train_offline(config(datasets, tmp_path / "run", steps=15, eval_every=5, eval_videos=0, average_exports=2))
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval/success" in r]
+    assert [r["step"] for r in rows] == [5, 10, 15]
+    assert all(r["eval_export/episodes"] == r["eval/episodes"] == 2 for r in rows)
+    weights = {name: Policy.load(run / "policies" / name).actor.state_dict() for name in ("step5", "step10", "step15")}
+    first = Policy.load(run / "policies" / "step5-avg")
+    assert first.info["averaged_exports"] == [5]
+    torch.testing.assert_close(first.actor.state_dict(), weights["step5"])  # the average of one export is itself
+    assert rows[0]["eval_export/success"] == rows[0]["eval/success"]
+    final = Policy.load(run / "policy")
+    assert final.info["averaged_exports"] == [10, 15] and final.info["learner_steps"] == 15
+    for key, value in final.actor.state_dict().items():
+        expected = (weights["step10"][key].double() + weights["step15"][key].double()) / 2
+        torch.testing.assert_close(value, expected.float())
+    assert any(not torch.equal(v, weights["step15"][k]) for k, v in final.actor.state_dict().items())
+    assert offline.train_result(run)["step"] == 15  # the run's final success is the average's (eval/*)
+
+
+def test_the_exports_averaged_are_the_latest_up_to_the_step(tmp_path: Path) -> None:
+    for name in ("step5", "step10", "step15", "step20", "step15-avg", "step15-live"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step25").write_text("not a folder")
+    assert offline.last_exports(tmp_path, 15, 2) == [10, 15]  # step20: past the step a resumed run stands at
+    assert offline.last_exports(tmp_path, 20, 3) == [10, 15, 20]
+    assert offline.last_exports(tmp_path, 5, 3) == [5]
+
+
 def test_native_bf16_is_read_from_the_cpus_flags(tmp_path: Path) -> None:
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f amx_tile amx_bf16\n\nprocessor\t: 1\n")
@@ -395,7 +425,7 @@ def test_n_step_on_prior_data_only(datasets: dict[str, Path], tmp_path: Path, se
      ("task_fraction", 1.5, "task_fraction must be in"), ("eval_episodes", -1, "eval_episodes must be >= 0"),
      ("cql", CQLConfig(bc_weight=-0.1), r"cql.bc_weight must be a finite number >= 0, got -0.1"),
      ("cql", CQLConfig(awr_temperature=-1.0), r"cql.awr_temperature must be a finite number > 0, got -1.0"),
-     ("n_step", 0, "n_step must be >= 1")],
+     ("n_step", 0, "n_step must be >= 1"), ("average_exports", 0, "average_exports must be >= 1, got 0")],
 )  # fmt: skip
 def test_a_config_that_cannot_run_is_refused_before_the_run_folder_exists(
     datasets: dict[str, Path], tmp_path: Path, field: str, value: float, message: str

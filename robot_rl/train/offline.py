@@ -10,9 +10,9 @@ The methods share everything but the sampler and the loss:
 | bc  | task only, or task + prior pooled (`bc_data="all"`) | BC |
 
 A run folder holds the resolved config and versions (run.json), metrics.jsonl, checkpoints/latest (the learner,
-for exact resume), policy/ (the deployable policy of the latest evaluation), policies/step{N}/ (the policy evaluated
-at step N, one per evaluation, so a run can be inspected after the fact where it stood along the way), evaluation
-videos and learning curves.
+for exact resume), policy/ (the deployable policy of the latest evaluation), policies/step{N}/ (the policy exported
+at step N, one per evaluation, so a run can be inspected after the fact where it stood along the way; with
+`average_exports` the evaluated one is the average, policies/step{N}-avg/), evaluation videos and learning curves.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -120,6 +121,12 @@ class OfflineConfig:
     binary_actions: tuple[str, ...] = ()
     """Action components the exported policies command at +-1 by the sign of their mean when acting
     deterministically (`PolicySpec.binary_actions`; e.g. gripper). Empty (COG): the tanh of the mean."""
+    average_exports: int = 1
+    """Checkpoint averaging: at every evaluation the run deploys (policy/, policies/step<k>-avg) and evaluates
+    (eval/*) the uniform weight average of its last `average_exports` exports (policies/step<k>, one per evaluation;
+    fewer at the first evaluations), and evaluates the latest export alone beside it on the same episodes
+    (eval_export/*). 1: the latest export is the policy. Late in training a COG run's success can swing between
+    evaluations; the average of a few exports holds the good policy they swing around (cog-state-medium-bbo-awr)."""
     checkpoint_every: int = 10_000
     log_every: int = 100
     out: Path | None = None
@@ -258,6 +265,7 @@ def check_config(cfg: OfflineConfig) -> None:
     if not 0.0 <= cfg.task_fraction <= 1.0:
         raise TrainingError(f"task_fraction must be in [0, 1], got {cfg.task_fraction}")
     at_least = {"steps": 1, "batch_size": 1, "threads": 1, "checkpoint_every": 1, "log_every": 1, "eval_workers": 1}
+    at_least |= {"average_exports": 1}
     at_least |= {"n_step": 1, "eval_every": 0, "eval_episodes": 0, "eval_videos": 0, "augment_pad": 0}
     if cfg.n_step > 1 and cfg.n_step_data == "prior" and (cfg.mixing != "ratio" or cfg.algo not in ("cog", "sac")):
         raise TrainingError("n_step_data='prior' needs algo cog or sac with mixing='ratio' (separate prior data)")
@@ -272,7 +280,7 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
     `threads`, when given, says how many torch threads the run may use now (in place of `cfg.threads`): it is asked
     at the start and at every log row (an experiment grid's runs share the cores of finished runs this way)."""
     from robot_rl.checkpoints import export_policy, load_learner, save_learner
-    from robot_rl.policy import Policy
+    from robot_rl.policy import Policy, average_policies
 
     check_config(cfg)
     torch.set_num_threads(cfg.threads if threads is None else threads())
@@ -321,7 +329,8 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
         # Building the exported and loaded policies draws from torch's global generator; forking it keeps training
         # the same whatever the evaluation schedule, and a resume from the checkpoint taken before it exact.
         # With an averaged actor, that one is the run's policy (evaluated as eval/*) and the live one is evaluated
-        # beside it, on the same episodes (eval_live/*).
+        # beside it, on the same episodes (eval_live/*). With `average_exports`, the average of the last exports is
+        # the run's policy and the latest export alone is evaluated beside it (eval_export/*).
         average = isinstance(agent, CQL) and agent.actor_average is not None
         with torch.random.fork_rng(devices=[]):
             deployed = agent.deployed_actor if isinstance(agent, CQL) else None
@@ -331,10 +340,21 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, actor=deployed,
                 binary_actions=binary,
             )  # fmt: skip
-            policy.save(run / "policies" / f"step{step}")
+            export = policy.save(run / "policies" / f"step{step}")
+            averaged = last_exports(run / "policies", step, cfg.average_exports) if cfg.average_exports > 1 else []
+            if averaged:
+                policies = [Policy.load(run / "policies" / f"step{k}") for k in averaged]
+                policy = average_policies(policies, {"averaged_exports": averaged})
+                policy.save(run / "policies" / f"step{step}-avg")
             folder = policy.save(run / "policy")
             result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
             summary = result.summary()
+            if averaged:
+                # the first evaluation's average is its one export: evaluating that again would give the same rows
+                alone = summary if len(averaged) == 1 else evaluate_parallel(
+                    functools.partial(Policy.load, export), eval_cfg, None
+                ).summary()  # fmt: skip
+                summary |= {k.replace("eval/", "eval_export/", 1): v for k, v in alone.items()}
             if average:
                 live = export_policy(
                     agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, binary_actions=binary
@@ -383,6 +403,13 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 save(done)
     plot_curves(run)
     return run
+
+
+def last_exports(policies: Path, step: int, count: int) -> list[int]:
+    """The steps of the last `count` exports (folders `policies/step<k>`) up to `step`, oldest first. Exports past
+    `step` (an evaluation after the checkpoint a run resumed from) are not the resumed run's, and are left out."""
+    steps = [int(m[1]) for p in policies.glob("step*") if (m := re.fullmatch(r"step(\d+)", p.name)) and p.is_dir()]
+    return sorted(k for k in steps if k <= step)[-count:]
 
 
 def plot_curves(run: Path) -> Path | None:
