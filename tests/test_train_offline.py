@@ -297,6 +297,25 @@ def test_averaged_exports_are_the_deployed_policy_and_the_latest_export_is_evalu
     assert offline.train_result(run)["step"] == 15  # the run's final success is the average's (eval/*)
 
 
+def test_zero_evaluation_episodes_exports_the_policies_and_evaluates_nothing(
+    datasets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--eval-episodes 0` used to log NaN success rows, and `robot-rl train` then failed formatting them."""
+    from robot_rl.cli import main
+
+    out = tmp_path / "run"
+    main(["train", "--task", str(datasets["task"]), "--prior", str(datasets["prior"]), "--observation", "state",
+          "--steps", "10", "--batch-size", "8", "--eval-every", "5", "--eval-episodes", "0", "--threads", "1",
+          "--average-exports", "2", "--log-every", "5", "--cql.hidden", "16", "16", "--out", str(out),
+          "--no-progress"])  # fmt: skip
+    rows = read_metrics(out / "metrics.jsonl")
+    assert rows and not [r for r in rows if any(k.startswith("eval") for k in r)]
+    assert Policy.load(out / "policy").info["averaged_exports"] == [5, 10]
+    assert (out / "policies" / "step5").is_dir() and not (out / "videos").exists()
+    printed = capsys.readouterr().out
+    assert f"run: {out}" in printed and "evaluation at step" not in printed
+
+
 def test_the_exports_averaged_are_the_latest_up_to_the_step(tmp_path: Path) -> None:
     for name in ("step5", "step10", "step15", "step20", "step15-avg", "step15-live"):
         (tmp_path / name).mkdir()

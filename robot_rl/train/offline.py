@@ -114,6 +114,7 @@ class OfflineConfig:
     eval_every: int = 10_000
     """Steps between evaluations (and at the end); 0 evaluates only at the end."""
     eval_episodes: int = 50
+    """Episodes per evaluation; 0 exports the policies on the evaluation schedule and evaluates nothing."""
     eval_condition: str | None = None
     """Initial condition to evaluate from; default: the task's hard one (closed drawer, ... object on table)."""
     eval_workers: int = 2
@@ -347,6 +348,13 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 policy = average_policies(policies, {"averaged_exports": averaged})
                 policy.save(run / "policies" / f"step{step}-avg")
             folder = policy.save(run / "policy")
+            if average:
+                live = export_policy(
+                    agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, binary_actions=binary
+                )
+                live_folder = live.save(run / "policies" / f"step{step}-live")
+            if cfg.eval_episodes == 0:
+                return {}  # the policies are exported, nothing is evaluated
             result = evaluate_parallel(functools.partial(Policy.load, folder), eval_cfg, run / "videos" / f"step{step}")
             summary = result.summary()
             if averaged:
@@ -356,10 +364,6 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 ).summary()  # fmt: skip
                 summary |= {k.replace("eval/", "eval_export/", 1): v for k, v in alone.items()}
             if average:
-                live = export_policy(
-                    agent, task.info.env_spec, use_privileged=use_privileged, info=trained_in, binary_actions=binary
-                )
-                live_folder = live.save(run / "policies" / f"step{step}-live")
                 live_result = evaluate_parallel(functools.partial(Policy.load, live_folder), eval_cfg, None)
                 summary |= {k.replace("eval/", "eval_live/", 1): v for k, v in live_result.summary().items()}
         return summary
@@ -395,10 +399,10 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
             # Evaluate, then checkpoint: a run resumed from step `done` has every row up to it (evaluation forks the
             # random generators, so it leaves the checkpoint as it would have been).
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-                summary = evaluate_now(done)
-                logger.log(done, summary)
-                last_eval = f"eval {summary['eval/success']:.2f}"
-                bar.set_postfix_str(last_eval)
+                if summary := evaluate_now(done):
+                    logger.log(done, summary)
+                    last_eval = f"eval {summary['eval/success']:.2f}"
+                    bar.set_postfix_str(last_eval)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
     plot_curves(run)
