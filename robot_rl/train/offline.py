@@ -398,11 +398,11 @@ def train_offline(cfg: OfflineConfig, resume: Path | None = None, threads: Calla
                 tick = time.perf_counter()
             # Evaluate, then checkpoint: a run resumed from step `done` has every row up to it (evaluation forks the
             # random generators, so it leaves the checkpoint as it would have been).
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps:
-                if summary := evaluate_now(done):
-                    logger.log(done, summary)
-                    last_eval = f"eval {summary['eval/success']:.2f}"
-                    bar.set_postfix_str(last_eval)
+            evaluates = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.steps
+            if evaluates and (summary := evaluate_now(done)):
+                logger.log(done, summary)
+                last_eval = f"eval {summary['eval/success']:.2f}"
+                bar.set_postfix_str(last_eval)
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:
                 save(done)
     plot_curves(run)
