@@ -127,7 +127,8 @@ class OfflineConfig:
     (eval/*) the uniform weight average of its last `average_exports` exports (policies/step<k>, one per evaluation;
     fewer at the first evaluations), and evaluates the latest export alone beside it on the same episodes
     (eval_export/*). 1: the latest export is the policy. Late in training a COG run's success can swing between
-    evaluations; the average of a few exports holds the good policy they swing around (cog-state-medium-bbo-awr)."""
+    evaluations; the average of a few exports holds the good policy they swing around (cog-state-medium-bbo-awr).
+    The learner's checkpoint keeps its own actor: `robot-rl finetune` starts from that, not from this average."""
     checkpoint_every: int = 10_000
     log_every: int = 100
     out: Path | None = None
