@@ -233,6 +233,8 @@ def load_experiment(
                     raise ExperimentError(str(e)) from e
                 if config.resume is not None:
                     raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
+                if config.eval_episodes == 0:
+                    raise ExperimentError(f"{label}: eval_episodes 0 gives the run no result to report; set it >= 1")
                 cells.append(Cell(str(task_name), str(method_name), seed, config))
     for entry in [*(_mapping(e, "").get("config") for e in tasks.values()), *methods.values()]:
         threads_set = threads_set or "threads" in _mapping(entry, "")  # (all read as mappings above)
@@ -298,6 +300,8 @@ def _finetune_cells(
                     raise ExperimentError(str(e)) from e
                 if config.resume is not None:
                     raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
+                if config.eval_episodes == 0:
+                    raise ExperimentError(f"{label}: eval_episodes 0 gives the run no result to report; set it >= 1")
                 tuned.append(FinetuneCell(task, str(method), seed, ordered, config))
     return tuple(tuned)
 

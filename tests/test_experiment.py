@@ -139,6 +139,7 @@ def test_parallel_runs_take_the_cores_of_finished_runs(datasets: dict[str, Path]
     [
         ({"methods": {"cog": {"algo": "cog", "stepz": 3}}}, "unknown fields ['stepz']"),
         ({"methods": {"cog": {"algo": "dqn"}}}, "'dqn' is not one of"),
+        ({"methods": {"cog": {"algo": "cog", "eval_episodes": 0}}}, "cog/seed0: eval_episodes 0 gives the run no"),
         ({"tasks": {"t": {"task": "no-such-recipe"}}}, "neither a dataset folder nor a recipe"),
         ({"seeds": []}, "seeds must be a non-empty list"),
         ({"workerz": 2}, "unknown keys ['workerz']"),
