@@ -300,8 +300,6 @@ def _finetune_cells(
                     raise ExperimentError(str(e)) from e
                 if config.resume is not None:
                     raise ExperimentError(f"{label}: 'resume' is not an experiment setting (rerun the file)")
-                if config.eval_episodes == 0:
-                    raise ExperimentError(f"{label}: eval_episodes 0 gives the run no result to report; set it >= 1")
                 tuned.append(FinetuneCell(task, str(method), seed, ordered, config))
     return tuple(tuned)
 
